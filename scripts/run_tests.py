@@ -1,0 +1,93 @@
+"""The project's test command (`make test`): sync check, notebooks, pytest, one closing count.
+
+1. nbdev sync: `nbdev-clean` + `nbdev-export` must leave `nbs/` and `vtp_nb/` unchanged.
+2. Every notebook in `nbs/` runs under nbdev's `test_nb` (cells flagged `notest slow gpu` are skipped),
+   two at a time with one thread each so they do not fight over two cores.
+3. `pytest tests/`.
+The last line is `N passed, N failed`, counting notebooks and pytest tests together.
+"""
+import hashlib, os, subprocess, sys, time, xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('MPLBACKEND', 'Agg')
+
+
+def snapshot():
+    "Hash of every file under nbs/ and vtp_nb/ (what nbdev-clean/export could touch)."
+    out = {}
+    for top in ('nbs', 'vtp_nb'):
+        for p in sorted((ROOT/top).rglob('*')):
+            if p.is_file() and '__pycache__' not in p.parts and '.ipynb_checkpoints' not in p.parts:
+                out[str(p.relative_to(ROOT))] = hashlib.sha1(p.read_bytes()).hexdigest()
+    return out
+
+
+def sync_check():
+    before = snapshot()
+    for cmd in ('nbdev-clean', 'nbdev-export'):
+        r = subprocess.run([str(BIN/cmd)], cwd=ROOT, capture_output=True, text=True)
+        if r.returncode: print(r.stdout, r.stderr); return [f'{cmd} failed']
+    after = snapshot()
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def _one_nb(fn):
+    from nbdev.config import get_config
+    from nbdev.test import test_nb
+    cfg = get_config()
+    flags = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags)
+    os.chdir(cfg.nbs_path)
+    ok, secs = test_nb(fn, skip_flags=flags, force_flags=[], basepath=cfg.config_path, cell_timeout=600)
+    return fn, ok, secs
+
+
+def run_notebooks(workers=2):
+    from concurrent.futures import ProcessPoolExecutor
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'
+    files = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    results = []
+    with ProcessPoolExecutor(workers) as ex:
+        for fn, ok, secs in ex.map(_one_nb, files):
+            print(f"  {'ok  ' if ok else 'FAIL'} {fn.name:32s} {secs:6.1f}s", flush=True)
+            results.append(ok)
+    return sum(results), len(results) - sum(results)
+
+
+def run_pytest():
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '2'
+    if not any((ROOT/'tests').glob('test_*.py')): return 0, 0
+    xml = ROOT/'.pytest_cache'/'junit.xml'
+    xml.parent.mkdir(exist_ok=True)
+    r = subprocess.run([sys.executable, '-m', 'pytest', 'tests', '-q', '-p', 'no:cacheprovider',
+                        f'--junitxml={xml}'], cwd=ROOT)
+    if r.returncode not in (0, 1) or not xml.exists():
+        print(f'pytest exited with {r.returncode}'); return 0, 1
+    suites = ET.parse(xml).getroot()
+    suites = [suites] if suites.tag == 'testsuite' else list(suites)
+    tot = {k: sum(int(s.get(k, 0)) for s in suites) for k in ('tests', 'failures', 'errors', 'skipped')}
+    failed = tot['failures'] + tot['errors']
+    return tot['tests'] - failed - tot['skipped'], failed
+
+
+def main():
+    t0 = time.time()
+    print('== 1/3 nbdev sync (nbdev-clean, nbdev-export)', flush=True)
+    changed = sync_check()
+    for c in changed: print(f'  changed by nbdev-clean/export: {c}')
+    print('  in sync' if not changed else '  NOT in sync: run nbdev-clean && nbdev-export and commit', flush=True)
+    print('== 2/3 notebooks (nbdev test_nb, 2 workers x 1 thread)', flush=True)
+    nb_pass, nb_fail = run_notebooks()
+    print(f'  notebooks: {nb_pass} passed, {nb_fail} failed ({time.time()-t0:.0f}s so far)', flush=True)
+    print('== 3/3 pytest tests/', flush=True)
+    py_pass, py_fail = run_pytest()
+    passed, failed = nb_pass + py_pass, nb_fail + py_fail + (1 if changed else 0)
+    print(f'total time {time.time()-t0:.0f}s; notebooks {nb_pass}+{nb_fail}, pytest {py_pass}+{py_fail}, '
+          f'sync check {"failed" if changed else "ok"}')
+    print(f'{passed} passed, {failed} failed')
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == '__main__': main()
