@@ -1,0 +1,117 @@
+"CLI, distributed, resume, bad-config, checkpoint-crash and NaN-guard tests of vtp_nb.train (tiny configs, seconds each)."
+import os, sys, json, subprocess, shutil
+os.environ['HF_HUB_OFFLINE'] = '1'
+from pathlib import Path
+import pytest, torch
+from vtp_nb import train as T
+
+TINY = ['model.width=32', 'model.depth=1', 'model.heads=2', 'model.dec_width=32', 'model.dec_depth=1', 'model.dec_heads=2',
+        'train.batch_size=16', 'objective.batch_ssl=4', 'objective.batch_rec=8', 'ssl.n_prototypes=64', 'ssl.head_hidden=32',
+        'ssl.head_bottleneck=16', 'clip.text_width=32', 'clip.text_layers=1', 'clip.text_heads=2', 'ssl.crops.n_local=1',
+        'train.progress=false', 'train.threads=1']
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
+
+@pytest.fixture(scope='session')
+def data_root(tmp_path_factory):
+    "A 64-image data_small made with the project's generator (fast, independent of the shipped copy)."
+    from vtp_nb.data import write_data_small
+    root = tmp_path_factory.mktemp('data')/'data_small'
+    write_data_small(root, n_train=64, n_val=16)
+    return root
+
+def tiny_cfg(tmp, data_root, *extra, scale='small'):
+    cfg = T.make_config(scale)
+    return T.apply_overrides(cfg, TINY + [f'data.path={data_root}', f'train.out_dir={tmp}'] + list(extra))
+
+def cli(*args, nproc=0, timeout=120):
+    cmd = ([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}'] if nproc else [sys.executable])
+    cmd += ['-m', 'vtp_nb.train', *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+def test_cli_small_runs_and_writes_run_folder(tmp_path, data_root):
+    r = cli('--scale', 'small', '--steps', '3', '--out', str(tmp_path), '--set', *TINY, f'data.path={data_root}', 'train.ckpt_every=2')
+    assert r.returncode == 0, r.stderr
+    assert {'ckpt.pt', 'config.json', 'metrics.jsonl', 'loss.png'} <= {p.name for p in tmp_path.iterdir()}
+    rows = [json.loads(l) for l in (tmp_path/'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in rows] == [0, 1, 2] and all(k in rows[0] for k in ('rec', 'ssl', 'clip', 'img_per_s', 'flops_per_s'))
+    assert json.loads((tmp_path/'config.json').read_text())['model']['width'] == 32
+    tok = T.load_tokenizer(tmp_path)
+    assert tok.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 32 // 4 if False else tok.cfg.bottleneck_dim, 4, 4)
+
+def test_resume_is_exact(tmp_path, data_root):
+    a = T.train(tiny_cfg(tmp_path/'a', data_root, 'train.steps=4', 'train.ckpt_every=2'), log=lambda *_: None)
+    T.train(tiny_cfg(tmp_path/'b', data_root, 'train.steps=4', 'train.ckpt_every=2', 'train.stop_at=2'), log=lambda *_: None)
+    assert T.load_checkpoint(tmp_path/'b')['step'] == 2
+    b = T.train(tiny_cfg(tmp_path/'b', data_root, 'train.steps=4', 'train.ckpt_every=2'), resume=True, log=lambda *_: None)
+    la = [r['loss'] for r in a['rows']]; lb = [r['loss'] for r in b['rows']]
+    assert len(la) == len(lb) == 4
+    assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-5, atol=1e-6), (la, lb)
+    ka, kb = T.load_checkpoint(tmp_path/'a'), T.load_checkpoint(tmp_path/'b')
+    for sec in ('model', 'teacher', 'text'):
+        for k in ka[sec]: assert torch.allclose(ka[sec][k].float(), kb[sec][k].float(), atol=1e-6), (sec, k)
+
+@pytest.mark.parametrize('sets,msg', [
+    (['train.batch_size=-8'], 'train.batch_size=-8 must be a positive integer'),
+    (['objective.batch_rec=64', 'train.batch_size=32'], 'objective.batch_rec=64 exceeds train.batch_size=32'),
+    (['objective.variant=ae', 'objective.lambda_rec=0'], 'all active loss weights are zero'),
+    (['data.path=/no/such/folder'], "data.path='/no/such/folder' does not exist"),
+    (['objective.variant=dino'], "objective.variant='dino' is unknown"),
+])
+def test_bad_configs_name_the_field(sets, msg):
+    with pytest.raises(T.ConfigError, match=msg.replace('(', r'\(').replace(')', r'\)')):
+        T.validate(T.apply_overrides(T.make_config('small'), sets))
+
+def test_cli_bad_input_exit_codes(capsys):
+    assert T.main(['--scale', 'huge', '--plan']) == 2 and "'huge' is unknown" in capsys.readouterr().err
+    assert T.main(['--scale', 'demo', '--steps', '1']) == 2 and 'data.path is empty' in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown field 'depht'"): T.main(['--scale', 'small', '--set', 'model.depht=3'])
+
+def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, data_root, monkeypatch):
+    T.train(tiny_cfg(tmp_path, data_root, 'train.steps=2', 'train.ckpt_every=2'), log=lambda *_: None)
+    def broken_save(obj, f, *a, **k):
+        Path(f).write_bytes(b'half a checkpoint'); raise KeyboardInterrupt('killed while writing')
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny_cfg(tmp_path, data_root, 'train.steps=4', 'train.ckpt_every=2'), resume=True, log=lambda *_: None)
+    monkeypatch.undo()
+    assert T.load_checkpoint(tmp_path)['step'] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
+
+def test_nan_guard_skips_then_aborts(tmp_path, data_root):
+    logs = []
+    res = T.train(tiny_cfg(tmp_path, data_root, 'train.steps=4', 'train.nan_steps=1'), log=logs.append)
+    assert [r['skipped'] for r in res['rows']] == [0, 1, 0, 0] and any('update skipped' in l for l in logs)
+    with pytest.raises(T.NonFiniteLoss, match='2 non-finite losses in a row'):
+        T.train(tiny_cfg(tmp_path/'x', data_root, 'train.steps=6', 'train.nan_steps=1,2,3', 'train.max_nonfinite=2'), log=lambda *_: None)
+
+def test_plan_full_without_gpu(capsys):
+    assert T.main(['--scale', 'full']) == 0
+    out = capsys.readouterr().out
+    assert 'needs GPUs and torchrun' in out and 'GPU-hours' in out and 'GFLOP/sample' in out
+    p = T.plan(T.make_config('full'))
+    assert 290e6 < p['params']['encoder_trunk'] < 320e6 and p['gpu_hours'] > 0
+
+def test_torchrun_two_cpu_processes_ddp(tmp_path, data_root):
+    r = cli('--scale', 'small', '--steps', '2', '--out', str(tmp_path), '--set', *TINY, f'data.path={data_root}', nproc=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'world=2 strategy=ddp' in r.stdout
+    assert T.load_checkpoint(tmp_path)['step'] == 2
+
+def test_demo_imagefolder_runs(tmp_path):
+    from PIL import Image
+    for c in ('cat', 'dog'):
+        (tmp_path/'imgs'/c).mkdir(parents=True)
+        for i in range(8): Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(tmp_path/'imgs'/c/f'{i}.png')
+    cfg = T.apply_overrides(T.make_config('demo'), TINY + [f'data.path={tmp_path/"imgs"}', 'data.image_size=32', 'data.num_workers=0',
+        'model.patch_size=8', 'model.img_size=32', 'ssl.crops.global_size=32', 'ssl.crops.local_size=16', 'rec.perceptual=none',
+        'clip.context_length=16', 'train.steps=2', f'train.out_dir={tmp_path/"run"}'])
+    res = T.train(cfg, log=lambda *_: None)
+    assert res['step'] == 2 and torch.isfinite(torch.tensor(res['metrics']['loss']))
+
+def test_torchrun_full_scale_fsdp2_shrunken(tmp_path, data_root):
+    r = cli('--scale', 'full', '--allow-cpu', '--steps', '2', '--out', str(tmp_path), '--set', *TINY, 'data.kind=small',
+            f'data.path={data_root}', 'data.image_size=32', 'model.patch_size=8', 'model.img_size=32', 'ssl.crops.global_size=32',
+            'ssl.crops.local_size=16', 'rec.perceptual=none', 'clip.context_length=16', 'data.num_workers=0', nproc=2)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'world=2 strategy=fsdp' in r.stdout
+    assert T.load_tokenizer(tmp_path).cfg.width == 32
