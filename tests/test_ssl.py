@@ -95,7 +95,7 @@ def test_ssl_branch_step_moves_only_student_then_ema():
     opt.zero_grad(); out['loss'].backward(); opt.step()
     assert all(torch.equal(v, t_before[k]) for k, v in br.teacher.state_dict().items())   # optimiser never moves it
     br.update_teacher(nn.DataParallel(trunk), 0.0)                                        # wrapper removed
-    assert torch.equal(br.teacher.module['trunk'].patch.weight, trunk.patch.weight)
+    assert torch.equal(br.teacher.module['tokenizer'].patch.weight, trunk.patch.weight)
     assert torch.equal(br.teacher.module['dino_head'].mlp[0].weight, br.dino_head.mlp[0].weight)
     assert not torch.equal(br.dino_loss.center, torch.zeros_like(br.dino_loss.center))   # centre updated
 

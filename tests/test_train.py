@@ -6,8 +6,8 @@ import pytest, torch
 from vtp_nb import train as T
 
 TINY = ['model.width=32', 'model.depth=1', 'model.heads=2', 'model.dec_width=32', 'model.dec_depth=1', 'model.dec_heads=2',
-        'train.batch_size=16', 'objective.batch_ssl=4', 'objective.batch_rec=8', 'ssl.n_prototypes=64', 'ssl.head_hidden=32',
-        'ssl.head_bottleneck=16', 'clip.text_width=32', 'clip.text_layers=1', 'clip.text_heads=2', 'ssl.crops.n_local=1',
+        'train.batch_size=16', 'objective.batch_ssl=4', 'objective.batch_rec=8', 'ssl.out_dim=64', 'ssl.hidden_dim=32',
+        'ssl.bottleneck_dim=16', 'clip.text.width=32', 'clip.text.layers=1', 'clip.text.heads=2', 'ssl.crops.n_local=1',
         'train.progress=false', 'train.threads=1']
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
 
@@ -47,8 +47,42 @@ def test_resume_is_exact(tmp_path, data_root):
     assert len(la) == len(lb) == 4
     assert torch.allclose(torch.tensor(la), torch.tensor(lb), rtol=1e-5, atol=1e-6), (la, lb)
     ka, kb = T.load_checkpoint(tmp_path/'a'), T.load_checkpoint(tmp_path/'b')
-    for sec in ('model', 'teacher', 'text'):
+    for sec in ('model', 'teacher', 'clip', 'ssl'):
         for k in ka[sec]: assert torch.allclose(ka[sec][k].float(), kb[sec][k].float(), atol=1e-6), (sec, k)
+
+def test_checkpoint_sections_line_up_with_official_names(tmp_path, data_root):
+    "Sections hold the unified modules' names; the flat view maps onto the official training-time table and back."
+    from vtp_nb.official import ours_to_official_state_dict, official_state_dict_to_ours
+    T.train(tiny_cfg(tmp_path, data_root, 'train.steps=1'), log=lambda *_: None)
+    ck = T.load_checkpoint(tmp_path)
+    assert ck['format'] == 'vtp_nb.ckpt/2' and ck['clip']['logit_scale'].shape == (1,)
+    assert 'image_head.proj.weight' in ck['clip'] and any(k.startswith('text.transformer.') for k in ck['clip'])
+    assert {k.split('.')[0] for k in ck['teacher']} == {'tokenizer', 'dino_head'}
+    assert not any(k.startswith('tokenizer.decoder.') for k in ck['teacher'])          # the teacher has no pixel decoder
+    assert {'dino_loss.center', 'ibot_loss.center'} <= set(ck['ssl'])
+    flat = T.checkpoint_flat_state(ck)
+    cfg = T.config_from_dict(ck['config'])
+    off = ours_to_official_state_dict(flat, cfg.model, layout='legacy')
+    assert 'teacher_trunk.cls_token' in off and 'dino_head.last_layer.weight_g' in off and 'proj.weight' in off
+    back = official_state_dict_to_ours(off, layout='legacy')
+    assert set(back) == set(flat) and back['clip.logit_scale'].shape == ()
+
+def test_old_names_and_v1_checkpoints_still_load(tmp_path, data_root):
+    "The first engine's --set names are aliases; a 'vtp_nb.ckpt/1' checkpoint is renamed on load (eval only)."
+    cfg = T.apply_overrides(T.make_config('small'), ['clip.text_width=32', 'ssl.n_prototypes=64', 'clip.context_length=16'])
+    assert (cfg.clip.text.width, cfg.ssl.out_dim, cfg.clip.text.context_length) == (32, 64, 16)
+    T.train(tiny_cfg(tmp_path, data_root, 'train.steps=1'), log=lambda *_: None)
+    ck = T.load_checkpoint(tmp_path)
+    v1 = dict(ck, format='vtp_nb.ckpt/1', text={k.replace('image_head.proj.', 'image_proj.'): v for k, v in ck.pop('clip').items()},
+              ssl={k.replace('dino_head.', 'head.'): v for k, v in ck['ssl'].items()})
+    torch.save(v1, tmp_path/'v1.pt')
+    up = T.load_checkpoint(tmp_path/'v1.pt')
+    assert up['format'] == 'vtp_nb.ckpt/2' and 'image_head.proj.weight' in up['clip'] and 'dino_head.mlp.0.weight' in up['ssl']
+    from vtp_nb.evaluate import load_for_eval
+    tok, clip = load_for_eval(tmp_path/'v1.pt')
+    assert clip is not None and torch.equal(clip.image_head.proj.weight, up['clip']['image_head.proj.weight'])
+    m = T.build_vtp(T.config_from_dict(up['config']))
+    with pytest.raises(ValueError, match='cannot be resumed'): T.restore_model(m, up, torch.optim.AdamW(m.parameters()))
 
 @pytest.mark.parametrize('sets,msg', [
     (['train.batch_size=-8'], 'train.batch_size=-8 must be a positive integer'),

@@ -148,6 +148,7 @@ class ClipConfig:
     init_logit_scale:float|None=None # t at init; None: log(1/0.07) for clip, log(10) for siglip
     max_logit_scale:float=math.log(100) # clamp bound for t
     init_logit_bias:float=-10. # SigLIP bias b at init
+    nonscalar_logit_scale:bool=False # store t (and b) with shape (1,) instead of (): FSDP2 cannot shard 0-dim parameters (the official config's field of the same name)
 
 class ClipBranch(nn.Module):
     "Image head + OpenCLIP text tower + learnable logit scale (+ SigLIP bias) + loss."
@@ -161,8 +162,9 @@ class ClipBranch(nn.Module):
         self.text = build_text_tower(cfg.text)
         init = cfg.init_logit_scale
         if init is None: init = math.log(1 / 0.07) if cfg.loss == 'clip' else math.log(10)
-        self.logit_scale = nn.Parameter(torch.tensor(float(init)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias))) if cfg.loss == 'siglip' else None
+        shape = (1,) if cfg.nonscalar_logit_scale else ()
+        self.logit_scale = nn.Parameter(torch.full(shape, float(init)))
+        self.logit_bias = nn.Parameter(torch.full(shape, float(cfg.init_logit_bias))) if cfg.loss == 'siglip' else None
         self.loss_fn = ContrastiveLoss(cfg.loss, rank=rank, world_size=world_size, local_loss=local_loss,
                                        gather_with_grad=gather_with_grad)
 

@@ -78,17 +78,17 @@ def load_for_eval(path, # tokenizer checkpoint: a `vtp_nb.train` checkpoint (fil
     "(tokenizer, CLIP branch or None) from a checkpoint, both in eval mode."
     p = Path(path); p = p/'ckpt.pt' if p.is_dir() else p
     if not p.exists(): raise FileNotFoundError(f'no checkpoint at {p}')
-    ck = torch.load(p, map_location='cpu', weights_only=False)
-    from vtp_nb.train import CKPT_FORMAT
-    if ck.get('format') != CKPT_FORMAT:
+    fmt = torch.load(p, map_location='cpu', weights_only=False).get('format')
+    if not str(fmt).startswith('vtp_nb.ckpt/'):                # a bare {'config', 'model'} tokenizer file
         from vtp_nb.dit import load_tokenizer
         return load_tokenizer(p, device=get_device(device)), None
-    from vtp_nb.train import load_tokenizer, config_from_dict
+    from vtp_nb.train import load_tokenizer, load_checkpoint, config_from_dict
+    from vtp_nb.clip import ClipBranch
+    ck = load_checkpoint(p)                                  # checks the format; renames the sections of older ones
     tok = load_tokenizer(p).to(get_device(device)).eval()
-    if not ck.get('text'): return tok, None
-    from vtp_nb import vtp
-    clip = vtp.ClipBranch(config_from_dict(ck['config']).clip, tok.semantic_dim)
-    clip.load_state_dict(ck['text'])
+    if not ck.get('clip'): return tok, None
+    clip = ClipBranch(tok.semantic_dim, config_from_dict(ck['config']).clip)
+    clip.load_state_dict(ck['clip'])
     return tok, clip.to(get_device(device)).eval()
 
 # %% ../nbs/14_evaluate.ipynb #0dd3afa7
@@ -97,12 +97,8 @@ def zero_shot(tokenizer, clip, images, labels, classes:list) -> list[MetricResul
     if clip is None: return 'zero-shot: skipped, the checkpoint has no CLIP branch (text tower)'
     from vtp_nb.clip import zero_shot_classifier, zero_shot_eval
     from vtp_nb.data import TEMPLATES
-    if hasattr(clip, 'tokenize'): tok_fn = clip.tokenize
-    else:
-        from vtp_nb.vtp import text_tokenizer
-        tok_fn = text_tokenizer(getattr(clip.cfg, 'context_length', None) or clip.cfg.text.context_length)
     dev = next(clip.parameters()).device
-    W = zero_shot_classifier(clip.encode_text, tok_fn, classes, TEMPLATES, device=dev)           # (C, E)
+    W = zero_shot_classifier(clip.encode_text, clip.tokenize, classes, TEMPLATES, device=dev)           # (C, E)
     enc = lambda x: clip.encode_image(*tokenizer.semantic_features(tokenizer.forward_features(x)))  # (b, E)
     acc = zero_shot_eval(enc, W, images, labels)
     n, sp = acc['n'], f'{len(TEMPLATES)} templates'

@@ -13,7 +13,7 @@ from .ssl import (MultiCropConfig, multicrop, ibot_masks, DINOHead, DINOLoss, iB
                         collapse_stats)
 
 # %% auto #0
-__all__ = ['warmup_cosine', 'unwrap', 'EMATeacher', 'SSLConfig', 'SSLBranch']
+__all__ = ['warmup_cosine', 'unwrap', 'EMATeacher', 'SSLConfig', 'ssl_schedule', 'SSLBranch']
 
 # %% ../nbs/06_ema_teacher.ipynb #9178cbf0
 def warmup_cosine(step:int, # current step (0-based)
@@ -39,9 +39,12 @@ def unwrap(m:nn.Module) -> nn.Module:
 
 class EMATeacher(nn.Module):
     "A frozen deep copy of a student, updated as an exponential moving average of its weights."
-    def __init__(self, student:nn.Module): # the module to copy (encoder + heads); may be DDP-wrapped
+    def __init__(self, student:nn.Module, # the module to copy (encoder + heads); may be DDP-wrapped
+                 exclude:tuple=()): # dotted names of student submodules the teacher does not need (not copied, e.g. 'tokenizer.decoder')
         super().__init__()
-        self.module = copy.deepcopy(unwrap(student))
+        student = unwrap(student)
+        skip = {id(student.get_submodule(n)): None for n in exclude}   # deepcopy memo: these copy to None
+        self.module = copy.deepcopy(student, skip)
         self.module.requires_grad_(False)
         self.module.eval()
 
@@ -56,14 +59,13 @@ class EMATeacher(nn.Module):
     def update(self, student:nn.Module, # the student (same structure; DDP/compile wrappers are removed)
                momentum:float # m: teacher <- m * teacher + (1 - m) * student
               ):
-        "EMA step on every parameter; buffers are copied from the student."
+        "EMA step on every teacher parameter (one fused `lerp`, also on FSDP2 DTensors); buffers are copied from the student."
         src = dict(unwrap(student).named_parameters())
         tp, sp = [], []
         for name, p in self.module.named_parameters():
             if name not in src: raise KeyError(f'student has no parameter {name!r}: teacher and student differ')
             tp.append(p); sp.append(src[name].detach().to(p.dtype))
-        torch._foreach_mul_(tp, momentum)
-        torch._foreach_add_(tp, sp, alpha=1 - momentum)
+        torch._foreach_lerp_(tp, sp, 1 - momentum)                    # t <- t + (1 - m)(s - t) = m t + (1 - m) s
         sb = dict(unwrap(student).named_buffers())
         for name, b in self.module.named_buffers():
             if name in sb: b.copy_(sb[name])
@@ -95,10 +97,19 @@ class SSLConfig:
     mask_sample_p:float=0.5 # fraction of global crops masked
     crops:MultiCropConfig=field(default_factory=MultiCropConfig) # multi-crop settings
 
+def ssl_schedule(cfg:SSLConfig, # the branch settings
+                 step:int, # current step (0-based)
+                 total_steps:int # length of the run
+                ) -> dict:
+    "`dict(teacher_temp, momentum)` at `step`: temperature warm-up then constant, EMA momentum cosine to its final value."
+    return dict(teacher_temp=warmup_cosine(step, total_steps, cfg.teacher_temp, cfg.teacher_temp,
+                                           int(cfg.warmup_teacher_temp_frac * total_steps), cfg.warmup_teacher_temp),
+                momentum=warmup_cosine(step, total_steps, cfg.momentum_teacher, cfg.final_momentum_teacher))
+
 # %% ../nbs/06_ema_teacher.ipynb #f5bd59ac
 class SSLBranch(nn.Module):
     "Student heads, EMA teacher and losses of the DINOv2 objective for a shared trunk."
-    def __init__(self, trunk:nn.Module, # the encoder (VisualTokenizer contract); copied into the teacher, not owned
+    def __init__(self, trunk:nn.Module, # the encoder (VisualTokenizer contract); copied into the teacher (without its pixel decoder), not owned
                  cfg:SSLConfig=SSLConfig(), # branch settings
                  in_dim:int|None=None): # head input width (default `trunk.semantic_dim`)
         super().__init__()
@@ -107,25 +118,29 @@ class SSLBranch(nn.Module):
         in_dim = in_dim or trunk.semantic_dim
         self.dino_head = DINOHead(in_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.nlayers)
         ibot_dim = cfg.ibot_out_dim or cfg.out_dim
-        self.ibot_head = (DINOHead(in_dim, ibot_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.nlayers)
-                          if cfg.ibot_separate_head else self.dino_head)
-        self.teacher = EMATeacher(self._student(trunk))
+        if cfg.ibot_separate_head: self.ibot_head = DINOHead(in_dim, ibot_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.nlayers)
+        skip = ('tokenizer.decoder',) if isinstance(getattr(trunk, 'decoder', None), nn.Module) else ()
+        self.teacher = EMATeacher(self._student(trunk), exclude=skip)      # teacher: tokenizer (encoder only) + heads
         self.dino_loss = DINOLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
         self.ibot_loss = iBOTPatchLoss(ibot_dim, cfg.student_temp, cfg.center_momentum)
         self.koleo_loss = KoLeoLoss(cfg.koleo_eps)
 
+    @property
+    def ibot_head(self) -> nn.Module:
+        "The iBOT head: the DINO head unless `cfg.ibot_separate_head` (then registered as its own module)."
+        return self._modules.get('ibot_head', self.dino_head)
+
     def _student(self, trunk):
-        return nn.ModuleDict(dict(trunk=unwrap(trunk), dino_head=self.dino_head, ibot_head=self.ibot_head))
+        heads = dict(dino_head=self.dino_head, **({'ibot_head': self.ibot_head} if self.cfg.ibot_separate_head else {}))
+        return nn.ModuleDict(dict(tokenizer=unwrap(trunk), **heads))
 
     def teacher_temp(self, step:int, total_steps:int) -> float:
         "Teacher temperature: linear warm-up, then constant."
-        c = self.cfg
-        return warmup_cosine(step, total_steps, c.teacher_temp, c.teacher_temp,
-                             int(c.warmup_teacher_temp_frac * total_steps), c.warmup_teacher_temp)
+        return ssl_schedule(self.cfg, step, total_steps)['teacher_temp']
 
     def teacher_momentum(self, step:int, total_steps:int) -> float:
         "EMA momentum: cosine from `momentum_teacher` to `final_momentum_teacher`."
-        return warmup_cosine(step, total_steps, self.cfg.momentum_teacher, self.cfg.final_momentum_teacher)
+        return ssl_schedule(self.cfg, step, total_steps)['momentum']
 
     @torch.no_grad()
     def update_teacher(self, trunk:nn.Module, momentum:float):
@@ -161,12 +176,12 @@ class SSLBranch(nn.Module):
         t = self.teacher.module
         # ---- teacher: whole global crops, no grad
         with torch.no_grad():
-            tf = t['trunk'].forward_features(global_crops)                    # dict of (2B, ...) tensors
-            t_cls, t_patch = t['trunk'].semantic_features(tf)                 # (2B, D), (2B, N, D)
+            tf = t['tokenizer'].forward_features(global_crops)                # dict of (2B, ...) tensors
+            t_cls, t_patch = t['tokenizer'].semantic_features(tf)             # (2B, D), (2B, N, D)
             t_cls = self._pool(t_cls, t_patch)
             t_cls = torch.cat(t_cls.chunk(n_g)[::-1])                         # swap views: (2B, D)
             t_dino = t['dino_head'](t_cls)                                    # (2B, K)
-            t_ibot = t['ibot_head'](t_patch[masks])                           # (M, K)
+            t_ibot = t['ibot_head' if 'ibot_head' in t else 'dino_head'](t_patch[masks])   # (M, K)
             p_dino = self._targets(self.dino_loss, t_dino, teacher_temp)      # (2B, K)
             p_ibot = self._targets(self.ibot_loss, t_ibot, teacher_temp)      # (M, K)
         # ---- student: masked global crops and local crops

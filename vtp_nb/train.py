@@ -10,15 +10,21 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.distributed as dist
 from .core import set_seed, get_device, set_threads, atomic_save, atomic_write_text, count_params, fmt_count, data_small_path
-from .vtp import (VTP, ObjectiveConfig, ClipConfig, SSLConfig, RecConfig, VARIANTS, active_terms, split_batch,
-                        build_vtp, vit_sizes, text_tokenizer, component)
+from .vit import ViTConfig, VisualTokenizer, VIT_SIZES, Block
+from .data import load_data_small, TEMPLATES
+from .clip import ClipConfig, text_config, get_tokenizer
+from .ssl import MultiCropConfig
+from .teacher import SSLConfig, warmup_cosine, ssl_schedule
+from .vtp import (VTP, ObjectiveConfig, RecConfig, VARIANTS, active_terms, build_vtp, small_clip_config,
+                        small_ssl_config)
 
 # %% auto #0
-__all__ = ['SCALES', 'CKPT_FORMAT', 'DataConfig', 'OptimConfig', 'TrainConfig', 'DistConfig', 'RunConfig', 'make_config',
-           'apply_overrides', 'config_to_dict', 'config_from_dict', 'ConfigError', 'validate', 'warmup_cosine',
+__all__ = ['SCALES', 'ALIASES', 'CKPT_FORMAT', 'DataConfig', 'OptimConfig', 'TrainConfig', 'DistConfig', 'RunConfig',
+           'make_config', 'apply_overrides', 'config_to_dict', 'config_from_dict', 'ConfigError', 'validate',
            'schedules', 'param_groups', 'set_hparams', 'step_indices', 'StepData', 'image_folder', 'StreamData',
-           'model_state', 'save_checkpoint', 'load_checkpoint', 'load_tokenizer', 'restore_model', 'setup_dist',
-           'wrap_model', 'NonFiniteLoss', 'train', 'plan', 'format_plan', 'parse_args', 'resolve_config', 'main']
+           'model_state', 'save_checkpoint', 'load_checkpoint', 'load_tokenizer', 'checkpoint_flat_state',
+           'restore_model', 'setup_dist', 'wrap_model', 'NonFiniteLoss', 'train', 'plan', 'format_plan', 'parse_args',
+           'resolve_config', 'main']
 
 # %% ../nbs/08_train.ipynb #8d2188e6
 @dataclass
@@ -72,8 +78,8 @@ class RunConfig:
     scale:str='small'
     model:object=None          # the tokenizer's `ViTConfig`
     objective:ObjectiveConfig=field(default_factory=ObjectiveConfig)
-    clip:ClipConfig=field(default_factory=ClipConfig)
-    ssl:SSLConfig=field(default_factory=SSLConfig)
+    clip:ClipConfig=field(default_factory=small_clip_config) # `vtp_nb.clip.ClipConfig` (text tower in clip.text)
+    ssl:SSLConfig=field(default_factory=small_ssl_config)    # `vtp_nb.teacher.SSLConfig`
     rec:RecConfig=field(default_factory=RecConfig)
     data:DataConfig=field(default_factory=DataConfig)
     optim:OptimConfig=field(default_factory=OptimConfig)
@@ -87,27 +93,24 @@ def make_config(scale:str='small' # 'small', 'demo' or 'full'
                ) -> RunConfig:
     "The default `RunConfig` of a named scale."
     if scale not in SCALES: raise ValueError(f"scale={scale!r} is unknown: choose one of {SCALES}")
-    V = vit_sizes()
-    from vtp_nb.ssl import MultiCropConfig
+    V = VIT_SIZES
     if scale == 'small':
         return RunConfig(scale='small', model=V['small_f8d32']())
     if scale == 'demo':
         return RunConfig(scale='demo', model=V['S'](dec_width=384, dec_depth=4, dec_heads=6),
             objective=ObjectiveConfig(batch_ssl=64, batch_rec=32),
-            clip=ClipConfig(embed_dim=512, text_width=512, text_layers=8, text_heads=8, context_length=32),
-            ssl=SSLConfig(n_prototypes=16384, head_hidden=2048, head_bottleneck=256,
-                          crops=MultiCropConfig(global_size=224, local_size=96, n_local=8),
-                          teacher_temp=0.07, teacher_temp_start=0.04, teacher_temp_warmup=0.1),
+            clip=small_clip_config(text=text_config('S', layers=8, context_length=32)),
+            ssl=small_ssl_config(out_dim=16384, hidden_dim=2048, bottleneck_dim=256, teacher_temp=0.07,
+                                 crops=MultiCropConfig(global_size=224, local_size=96, n_local=8)),
             rec=RecConfig(perceptual='vgg'),
             data=DataConfig(kind='imagefolder', path='', image_size=256, num_workers=8),
             optim=OptimConfig(lr=5e-4, min_lr=1e-6, warmup=0.03),
             train=TrainConfig(steps=50_000, batch_size=256, out_dir='runs/demo', ckpt_every=1000, log_every=10))
     return RunConfig(scale='full', model=V['L'](dec_width=1024, dec_depth=4, dec_heads=16),
         objective=ObjectiveConfig(batch_ssl=4096, batch_rec=2048),
-        clip=ClipConfig(embed_dim=768, text_width=768, text_layers=12, text_heads=12, context_length=77),
-        ssl=SSLConfig(n_prototypes=65536, head_hidden=2048, head_bottleneck=256,
-                      crops=MultiCropConfig(global_size=224, local_size=96, n_local=8),
-                      teacher_temp=0.07, teacher_temp_start=0.04, teacher_temp_warmup=0.1),
+        clip=small_clip_config(text=text_config('L14')),
+        ssl=small_ssl_config(out_dim=65536, hidden_dim=2048, bottleneck_dim=256, teacher_temp=0.07,
+                             crops=MultiCropConfig(global_size=224, local_size=96, n_local=8)),
         rec=RecConfig(perceptual='vgg'),
         data=DataConfig(kind='webdataset', path='', image_size=256, num_workers=8),
         optim=OptimConfig(lr=4e-4, min_lr=1e-6, warmup=0.02),
@@ -130,6 +133,13 @@ def _coerce(old, s:str, name:str):
     except ValueError: raise ValueError(f"{name}: cannot read {s!r} as {type(old).__name__}") from None
     return s
 
+ALIASES = {  # field names of the first engine's own CLIP/SSL configs -> the unified ones (old `--set`s and checkpoints keep working)
+    'clip.embed_dim': 'clip.text.embed_dim', 'clip.text_width': 'clip.text.width', 'clip.text_layers': 'clip.text.layers',
+    'clip.text_heads': 'clip.text.heads', 'clip.context_length': 'clip.text.context_length',
+    'ssl.n_prototypes': 'ssl.out_dim', 'ssl.head_hidden': 'ssl.hidden_dim', 'ssl.head_bottleneck': 'ssl.bottleneck_dim',
+    'ssl.teacher_temp_start': 'ssl.warmup_teacher_temp', 'ssl.teacher_temp_warmup': 'ssl.warmup_teacher_temp_frac',
+    'ssl.mask_prob': 'ssl.mask_sample_p', 'ssl.momentum_start': 'ssl.momentum_teacher', 'ssl.momentum_end': 'ssl.final_momentum_teacher'}
+
 def apply_overrides(cfg:RunConfig, # modified in place
                     sets:list # strings 'a.b=value'
                    ) -> RunConfig:
@@ -137,7 +147,8 @@ def apply_overrides(cfg:RunConfig, # modified in place
     for item in sets or []:
         if '=' not in item: raise ValueError(f"--set {item!r}: expected field.path=value")
         key, val = item.split('=', 1)
-        obj, parts = cfg, key.strip().split('.')
+        key = ALIASES.get(key.strip(), key.strip())
+        obj, parts = cfg, key.split('.')
         for p in parts[:-1]:
             if not is_dataclass(obj) or not hasattr(obj, p): raise ValueError(f"--set {key}: unknown field {p!r}")
             obj = getattr(obj, p)
@@ -156,10 +167,15 @@ def config_from_dict(d:dict # from `config_to_dict` (e.g. a checkpoint's 'config
     cfg = make_config(d.get('scale', 'small'))
     def fill(obj, dd, path):
         for k, v in dd.items():
-            if not hasattr(obj, k): raise ValueError(f"config: unknown field {path}{k}")
-            cur = getattr(obj, k)
+            if f'{path}{k}' in ALIASES:                                 # an old field name: set the new one
+                *parent, k = ALIASES[f'{path}{k}'].split('.')
+                o = cfg
+                for p in parent: o = getattr(o, p)
+            else: o = obj
+            if not hasattr(o, k): raise ValueError(f"config: unknown field {path}{k}")
+            cur = getattr(o, k)
             if is_dataclass(cur): fill(cur, v, f'{path}{k}.')
-            else: setattr(obj, k, tuple(v) if isinstance(cur, tuple) or (isinstance(v, list)) else v)
+            else: setattr(o, k, tuple(v) if isinstance(cur, tuple) or (isinstance(v, list)) else v)
     fill(cfg, d, '')
     return cfg
 
@@ -215,23 +231,12 @@ def validate(cfg:RunConfig, # the resolved config
     return cfg
 
 # %% ../nbs/08_train.ipynb #54825b5e
-def warmup_cosine(step:int, total:int, # current step, total steps
-                  peak:float, end:float, # value after warm-up, value at the last step
-                  warmup:int=0, start:float=0.0 # warm-up steps, value at step 0
-                 ) -> float:
-    "Linear warm-up from `start` to `peak`, then cosine from `peak` to `end`."
-    if step < warmup: return start + (peak - start) * step / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return end + 0.5 * (peak - end) * (1 + math.cos(math.pi * min(1.0, t)))
-
 def schedules(cfg:RunConfig, step:int) -> dict:
-    "Learning rate, weight decay, EMA momentum and teacher temperature at `step`."
-    S, o, s = cfg.train.steps, cfg.optim, cfg.ssl
-    tw = int(s.teacher_temp_warmup * S)
+    "Learning rate, weight decay (`vtp_nb.teacher.warmup_cosine`), EMA momentum and teacher temperature (`ssl_schedule`) at `step`."
+    S, o = cfg.train.steps, cfg.optim
     return dict(lr=warmup_cosine(step, S, o.lr, o.min_lr, int(o.warmup * S)),
                 wd=warmup_cosine(step, S, o.weight_decay, o.weight_decay_end),
-                momentum=warmup_cosine(step, S, s.momentum_start, s.momentum_end),
-                teacher_temp=(s.teacher_temp_start + (s.teacher_temp - s.teacher_temp_start) * step / tw) if step < tw else s.teacher_temp)
+                **ssl_schedule(cfg.ssl, step, S))
 
 # %% ../nbs/08_train.ipynb #53f19773
 def param_groups(model:VTP, layer_decay:float=1.0) -> list:
@@ -270,14 +275,13 @@ class StepData:
         self.cfg, self.rank, self.world = cfg, rank, world
         d = cfg.data
         if d.kind == 'small':
-            D = component('data')
-            self.ds = D.load_data_small('train', size=d.image_size, root=d.path or None)
+            self.ds = load_data_small('train', size=d.image_size, root=d.path or None)
             self.n, self.desc = len(self.ds), f'data_small train ({len(self.ds)} images, {d.image_size} px)'
         elif d.kind == 'imagefolder':
             self.ds = image_folder(d.path, d.image_size)
             self.n, self.desc = len(self.ds), f'ImageFolder {d.path} ({len(self.ds)} images, {len(self.ds.classes)} classes, {d.image_size} px)'
         else: raise ValueError(f"data.kind={d.kind!r} is streamed: use `StreamData`")
-        self._tok = text_tokenizer(cfg.clip.context_length)
+        self._tok = get_tokenizer(cfg.clip.text.context_length)
 
     def batch(self, step:int) -> tuple:
         "(images (b, 3, H, W) in [-1, 1], tokens (b, L)) of this rank at `step`."
@@ -291,7 +295,6 @@ def image_folder(root:str, size:int):
     "ImageFolder with captions from templates over the class names ('a photo of a {}.'), images in [-1, 1]."
     import torchvision
     from torchvision.transforms import v2
-    D = component('data')
     tf = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize([0.5] * 3, [0.5] * 3)])
     base = torchvision.datasets.ImageFolder(root, transform=tf)
@@ -301,7 +304,7 @@ def image_folder(root:str, size:int):
         def __len__(self): return len(base)
         def __getitem__(self, i):
             x, y = base[i]
-            return dict(image=x, label=y, caption=D.TEMPLATES[i % len(D.TEMPLATES)].format(names[y]))
+            return dict(image=x, label=y, caption=TEMPLATES[i % len(TEMPLATES)].format(names[y]))
     return _Captioned()
 
 class StreamData:
@@ -316,14 +319,26 @@ class StreamData:
               .decode('pil').to_tuple('jpg;jpeg;png;webp', 'txt').map_tuple(tf, str)
               .batched(cfg.train.batch_size // world, partial=False))
         self.it, self.desc = iter(ds), f'webdataset {cfg.data.path}'
-        self._tok = text_tokenizer(cfg.clip.context_length)
+        self._tok = get_tokenizer(cfg.clip.text.context_length)
     def batch(self, step:int) -> tuple:
         x, caps = next(self.it)
         return x, self._tok(list(caps))
 
 # %% ../nbs/08_train.ipynb #e43a67a8
-CKPT_FORMAT = 'vtp_nb.ckpt/1'
-_SECTIONS = (('model', 'tokenizer.'), ('text', 'clip.'), ('ssl', 'ssl.'), ('teacher', 'teacher.'))
+CKPT_FORMAT = 'vtp_nb.ckpt/2'
+# checkpoint section <- prefix of the VTP parameter names (first match wins: the teacher lives inside the SSL branch)
+_SECTIONS = (('model', 'tokenizer.'), ('clip', 'clip.'), ('teacher', 'ssl.teacher.module.'), ('ssl', 'ssl.'))
+
+def _section_of(name:str):
+    return next(((k, p) for k, p in _SECTIONS if name.startswith(p)), (None, None))
+
+def _upgrade_v1(ck:dict) -> dict:
+    "Rename the sections of a 'vtp_nb.ckpt/1' checkpoint (first engine's own CLIP/SSL modules) to format 2; no resume."
+    ren = lambda d, old, new: {(new + k[len(old):] if k.startswith(old) else k): v for k, v in d.items()}
+    clip = ren(ck.pop('text', {}), 'image_proj.', 'image_head.proj.')
+    teacher = {k: v for k, v in ren(ck.get('teacher', {}), 'head.', 'dino_head.').items() if not k.startswith('tokenizer.decoder.')}
+    return dict(ck, format=CKPT_FORMAT, clip=clip, ssl=ren(ck.get('ssl', {}), 'head.', 'dino_head.'), teacher=teacher,
+                optimizer=None, upgraded_from='vtp_nb.ckpt/1')
 
 def _rng_state() -> dict:
     return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
@@ -341,7 +356,10 @@ def model_state(model:VTP, opt=None) -> tuple:
     o = StateDictOptions(full_state_dict=True, cpu_offload=True)
     if opt is None: msd, osd = get_model_state_dict(model, options=o), None
     else: msd, osd = get_state_dict(model, opt, options=o)
-    secs = {k: {n[len(p):]: v for n, v in msd.items() if n.startswith(p)} for k, p in _SECTIONS}
+    secs = {k: {} for k, _ in _SECTIONS}
+    for n, v in msd.items():
+        k, p = _section_of(n)
+        if k is not None: secs[k][n[len(p):]] = v                       # rec_loss.* (fixed perceptual net) is not saved
     return secs, osd
 
 def save_checkpoint(path, # destination file (replaced atomically)
@@ -362,6 +380,7 @@ def load_checkpoint(path, # a `ckpt.pt` (or a run folder holding one)
     if p.is_dir(): p = p/'ckpt.pt'
     if not p.exists(): raise FileNotFoundError(f"no checkpoint at {p}")
     ck = torch.load(p, map_location=map_location, weights_only=False)
+    if ck.get('format') == 'vtp_nb.ckpt/1': ck = _upgrade_v1(ck)
     if ck.get('format') != CKPT_FORMAT: raise ValueError(f"{p}: not a {CKPT_FORMAT} checkpoint (format={ck.get('format')!r})")
     return ck
 
@@ -369,14 +388,25 @@ def load_tokenizer(path, # checkpoint file or run folder
                    map_location='cpu'):
     "The trained `VisualTokenizer` of a checkpoint (eval mode)."
     ck = load_checkpoint(path, map_location)
-    V = component('vit')
-    tok = V.VisualTokenizer(V.ViTConfig.from_dict(ck['config']['model']))
+    tok = VisualTokenizer(ViTConfig.from_dict(ck['config']['model']))
     tok.load_state_dict(ck['model'])
     return tok.eval()
+
+def checkpoint_flat_state(ck:dict, # from `load_checkpoint`
+                          teacher:bool=True # include the SSL student head and the EMA teacher
+                         ) -> dict:
+    "The flat names `vtp_nb.official` tables use: `tokenizer.*`, `clip.*`, `dino_head.*`, `teacher.{tokenizer,dino_head}.*`."
+    sd = {f'tokenizer.{k}': v for k, v in ck['model'].items()} | {f'clip.{k}': v for k, v in ck.get('clip', {}).items()}
+    if teacher:
+        sd |= {k: v for k, v in ck.get('ssl', {}).items() if k.startswith('dino_head.')}
+        sd |= {f'teacher.{k}': v for k, v in ck.get('teacher', {}).items()}
+    return sd
 
 def restore_model(model:VTP, ck:dict, opt=None):
     "Load a checkpoint's sections (and optimiser state) into a (possibly sharded) `VTP`."
     from torch.distributed.checkpoint.state_dict import set_state_dict, set_model_state_dict, StateDictOptions
+    if opt is not None and ck.get('optimizer') is None:
+        raise ValueError(f"checkpoint (upgraded from {ck.get('upgraded_from')}) has no usable optimiser state: it cannot be resumed")
     sd = {p + n: v for k, p in _SECTIONS for n, v in ck.get(k, {}).items()}
     o = StateDictOptions(full_state_dict=True, strict=False)
     if opt is None: res = set_model_state_dict(model, sd, options=o)
@@ -407,7 +437,6 @@ def wrap_model(model:VTP, cfg:RunConfig, world:int) -> tuple:
         return DDP(model, device_ids=dev, find_unused_parameters=True, broadcast_buffers=False), strat
     if strat == 'fsdp':
         from torch.distributed.fsdp import fully_shard
-        Block = component('vit').Block
         for m in list(model.modules()):
             if isinstance(m, Block) or type(m).__name__ == 'ResidualAttentionBlock': fully_shard(m)
         fully_shard(model)
@@ -461,7 +490,7 @@ def train(cfg:RunConfig, # resolved run config (validated here)
     if t.compile: runner = torch.compile(runner)
     data = StreamData(cfg, rank, world, start) if cfg.data.kind == 'webdataset' else StepData(cfg, rank, world)
     terms = model.terms
-    b_ssl, b_rec = cfg.objective.batch_ssl // world, cfg.objective.batch_rec // world
+    sampler = model.sampler(t.batch_size, t.seed, rank, world)   # SSL / rec subsets: a function of (seed, rank, step)
     use_bf16 = dev.type == 'cuda' and t.precision in ('auto', 'bf16')
     autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     mpath = out/'metrics.jsonl'
@@ -485,8 +514,7 @@ def train(cfg:RunConfig, # resolved run config (validated here)
             model.train()
             images, tokens = data.batch(step)
             images, tokens = images.to(dev, non_blocking=True), tokens.to(dev, non_blocking=True)
-            batch = split_batch(images, tokens if terms['clip'] > 0 else None, terms, b_ssl, b_rec, cfg.ssl,
-                                cfg.model.patch_size, cfg.objective.disjoint)
+            batch = model.make_batch(images, tokens if terms['clip'] > 0 else None, *sampler(step))
             sc = schedules(cfg, step); set_hparams(opt, sc['lr'], sc['wd'])
             fc = FlopCounterMode(display=False) if flops is None else contextlib.nullcontext()
             with fc:
@@ -553,7 +581,7 @@ def plan(cfg:RunConfig, # run config (any scale)
     x = torch.empty(n, 3, s, s, device='meta')
     branch = {}
     if m.terms['clip'] > 0:
-        txt = torch.zeros(n, cfg.clip.context_length, dtype=torch.long, device='meta')
+        txt = torch.zeros(n, cfg.clip.text.context_length, dtype=torch.long, device='meta')
         branch['clip'] = _measure(lambda: m.clip.encode_image(*tok.semantic_features(tok.forward_features(x, branch='clip')))
                                   .sum() + m.clip.encode_text(txt).sum())
     if m.terms['rec'] > 0: branch['rec'] = _measure(lambda: tok(x).sum())
@@ -562,19 +590,19 @@ def plan(cfg:RunConfig, # run config (any scale)
         g, l = torch.empty(2 * n, 3, cc.global_size, cc.global_size, device='meta'), torch.empty(cc.n_local * n, 3, cc.local_size, cc.local_size, device='meta')
         def student():
             cls, patch = tok.semantic_features(tok.forward_features(g, branch='ssl'))
-            r = m.ssl.head(cls).sum() + m.ssl.head(patch[:, :max(1, patch.shape[1] // 4)]).sum()   # ~1/4 patches masked
-            if cc.n_local: r = r + m.ssl.head(tok.semantic_features(tok.forward_features(l, branch='ssl'))[0]).sum()
+            r = m.ssl.dino_head(cls).sum() + m.ssl.ibot_head(patch[:, :max(1, patch.shape[1] // 4)]).sum()   # ~1/4 patches masked
+            if cc.n_local: r = r + m.ssl.dino_head(tok.semantic_features(tok.forward_features(l, branch='ssl'))[0]).sum()
             return r
-        T = m.teacher
+        T = m.ssl.teacher.module                                                      # encoder + DINO head, no pixel decoder
         def teacher():
-            with torch.no_grad(): T['head'](T['tokenizer'].semantic_features(T['tokenizer'](g) if False else T['tokenizer'].forward_features(g))[0])
+            with torch.no_grad(): T['dino_head'](T['tokenizer'].semantic_features(T['tokenizer'].forward_features(g))[0])
         fs, a = _measure(student); ft, _ = _measure(teacher)
         branch['ssl'] = (fs + ft / 3, a)
     B = dict(clip=cfg.train.batch_size, ssl=cfg.objective.batch_ssl, rec=cfg.objective.batch_rec)
     rows = {k: dict(train_flops_per_sample=3 * f / n, act_bytes_per_sample=a / n, batch=B[k]) for k, (f, a) in branch.items()}
     step_flops = sum(r['train_flops_per_sample'] * r['batch'] for r in rows.values())
     n_train = sum(p.numel() for _, p in m.student_params())
-    n_teacher = sum(p.numel() for p in m.teacher.parameters()) if m.terms['ssl'] > 0 else 0
+    n_teacher = sum(p.numel() for p in m.ssl.teacher.parameters()) if m.terms['ssl'] > 0 else 0
     shard = gpus if (cfg.dist.strategy in ('fsdp',) or (cfg.dist.strategy == 'auto' and cfg.scale == 'full')) else 1
     total = step_flops * cfg.train.steps
     return dict(scale=cfg.scale, variant=cfg.objective.variant, gpus=gpus,

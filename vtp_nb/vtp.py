@@ -4,15 +4,19 @@
 
 # %% ../nbs/07_vtp.ipynb #099b3cc7
 from __future__ import annotations
-import copy, math, importlib, random, warnings
-from dataclasses import dataclass, field, asdict, fields
-import torch, torch.nn as nn, torch.nn.functional as F
+import random
+from dataclasses import dataclass
+import torch, torch.nn as nn
 import torch.distributed as dist
 from .core import set_seed, count_params, fmt_count
+from .vit import ViTConfig, VisualTokenizer
+from .autoencoder import ReconLoss
+from .clip import ClipConfig, ClipBranch, text_config, get_tokenizer, BranchSampler
+from .ssl import MultiCropConfig
+from .teacher import SSLConfig, SSLBranch
 
 # %% auto #0
-__all__ = ['VARIANTS', 'ObjectiveConfig', 'ClipConfig', 'SSLConfig', 'RecConfig', 'active_terms', 'component', 'vit_sizes',
-           'build_tokenizer', 'text_tokenizer', 'ClipBranch', 'clip_loss_fn', 'SSLBranch', 'split_batch', 'VTP',
+__all__ = ['VARIANTS', 'ObjectiveConfig', 'small_clip_config', 'small_ssl_config', 'RecConfig', 'active_terms', 'VTP',
            'build_vtp']
 
 # %% ../nbs/07_vtp.ipynb #4c2c0185
@@ -29,41 +33,16 @@ class ObjectiveConfig:
     batch_rec:int=64       # global number of images the reconstruction branch sees
     disjoint:bool=False    # draw the SSL and rec subsets without overlap
 
-@dataclass
-class ClipConfig:
-    "Text tower and image head of the contrastive branch."
-    embed_dim:int=64        # joint image-text embedding width
-    text_width:int=64       # text transformer width
-    text_layers:int=2       # text transformer depth
-    text_heads:int=4        # text attention heads
-    context_length:int=24   # tokens per caption (BPE, OpenCLIP tokenizer)
-    pool:str='cls'          # image feature: 'cls' token or 'mean' of patch tokens
-    loss:str='clip'         # 'clip' (InfoNCE) or 'siglip'
-    init_logit_scale:float=math.log(1/0.07) # learnable log temperature, clamped to [0, ln 100]
+def small_clip_config(**overrides # `vtp_nb.clip.ClipConfig` fields to change
+                     ) -> ClipConfig:
+    "The CLIP branch of the small scale: tiny text tower (width 64, 2 layers, 4 heads, 24 tokens), cls pooling, InfoNCE, t of shape (1,)."
+    return ClipConfig(**dict(dict(text=text_config('tiny', heads=4), nonscalar_logit_scale=True), **overrides))
 
-def _small_crops():
-    from vtp_nb.ssl import MultiCropConfig
-    return MultiCropConfig(strong_colour=True)
-
-@dataclass
-class SSLConfig:
-    "DINOv2-style multi-crop self-distillation with iBOT masking and KoLeo."
-    n_prototypes:int=1024    # DINO/iBOT head output width K
-    head_hidden:int=256      # DINO head MLP width
-    head_bottleneck:int=64   # DINO head bottleneck before the prototypes
-    crops:object=field(default_factory=_small_crops) # `vtp_nb.ssl.MultiCropConfig` (2 global + n_local crops)
-    student_temp:float=0.1
-    teacher_temp:float=0.04        # teacher temperature after warm-up
-    teacher_temp_start:float=0.04  # teacher temperature at step 0
-    teacher_temp_warmup:float=0.1  # fraction of the run for the linear temperature warm-up
-    center_momentum:float=0.9      # EMA of the teacher-logit centre
-    mask_ratio:tuple=(0.1, 0.5)    # iBOT masking ratio range per masked image
-    mask_prob:float=0.5            # fraction of global crops that are masked
-    dino_weight:float=1.0
-    ibot_weight:float=1.0
-    koleo_weight:float=0.1
-    momentum_start:float=0.992     # EMA teacher momentum, cosine to momentum_end
-    momentum_end:float=1.0
+def small_ssl_config(**overrides # `vtp_nb.teacher.SSLConfig` fields to change
+                    ) -> SSLConfig:
+    "The SSL branch of the small scale (DESIGN section 10): 1,024 prototypes, a small head, sharp teacher (0.04), strong colour jitter."
+    return SSLConfig(**dict(dict(out_dim=1024, hidden_dim=256, bottleneck_dim=64, teacher_temp=0.04, warmup_teacher_temp=0.04,
+                                 warmup_teacher_temp_frac=0.1, crops=MultiCropConfig(strong_colour=True)), **overrides))
 
 @dataclass
 class RecConfig:
@@ -78,155 +57,73 @@ def active_terms(obj:ObjectiveConfig # objective config
     on = VARIANTS[obj.variant]
     return {t: (getattr(obj, f'lambda_{t}') if t in on else 0.0) for t in ('rec', 'ssl', 'clip')}
 
-# %% ../nbs/07_vtp.ipynb #040473ef
-def component(name:str # module name under vtp_nb, e.g. 'vit'
-             ):
-    "Import `vtp_nb.<name>` with a clear error when that notebook has not been exported."
-    try: return importlib.import_module(f'vtp_nb.{name}')
-    except ImportError as e:
-        raise ImportError(f"vtp_nb.{name} is missing: export its notebook (nbs/*_{name}.ipynb) with nbdev-export") from e
-
-# %% ../nbs/07_vtp.ipynb #18ffc5ba
-def vit_sizes() -> dict:
-    "Named `ViTConfig` factories of the tokenizer (`VIT_SIZES`)."
-    return component('vit').VIT_SIZES
-
-def build_tokenizer(cfg # a `ViTConfig`
-                   ) -> nn.Module:
-    "The `VisualTokenizer` for `cfg`."
-    return component('vit').VisualTokenizer(cfg)
-
-def text_tokenizer(context_length:int=24 # tokens per caption
-                  ):
-    "OpenCLIP's BPE tokenizer (ships with the package): list of str -> (N, context_length) long."
-    from open_clip.tokenizer import SimpleTokenizer
-    return SimpleTokenizer(context_length=context_length)
-
-# %% ../nbs/07_vtp.ipynb #2f5e55a1
-class ClipBranch(nn.Module):
-    "Text tower + image projection head + learnable logit scale."
-    def __init__(self, cfg:ClipConfig, # text tower and head sizes
-                 image_dim:int # width of the encoder's semantic features
-                ):
-        super().__init__()
-        from open_clip.transformer import TextTransformer
-        self.cfg = cfg
-        self.text = TextTransformer(context_length=cfg.context_length, width=cfg.text_width, heads=cfg.text_heads,
-                                    layers=cfg.text_layers, output_dim=cfg.embed_dim)
-        self.image_proj = nn.Linear(image_dim, cfg.embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.full((1,), float(cfg.init_logit_scale)))  # (1,): FSDP2 shards no scalars
-
-    def encode_image(self, cls, patch):
-        "(B, D) cls and (B, N, D) patch features -> (B, E) unit vectors."
-        f = cls if self.cfg.pool == 'cls' else patch.mean(1)  # (B, D)
-        return F.normalize(self.image_proj(f), dim=-1)        # (B, E)
-
-    def encode_text(self, tokens):
-        "(B, L) BPE ids -> (B, E) unit vectors."
-        return F.normalize(self.text(tokens), dim=-1)
-
-    @torch.no_grad()
-    def clamp_logit_scale_(self):
-        "Keep the temperature in [0, ln 100] (called after each optimiser step)."
-        self.logit_scale.clamp_(0, math.log(100))
-
-def clip_loss_fn(cfg:ClipConfig):
-    "OpenCLIP's `ClipLoss` (or `SigLipLoss`), gathering features across ranks when distributed."
-    from open_clip.loss import ClipLoss, SigLipLoss
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    if cfg.loss == 'siglip': return SigLipLoss(rank=rank, world_size=world)
-    return ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
-
-# %% ../nbs/07_vtp.ipynb #00232c80
-class SSLBranch(nn.Module):
-    "DINO head (shared by DINO and iBOT, the DINOv2 default) and the DINO / iBOT / KoLeo losses of `vtp_nb.ssl`."
-    def __init__(self, cfg:SSLConfig, # SSL config
-                 in_dim:int # width of the encoder's semantic features
-                ):
-        super().__init__()
-        S = component('ssl')
-        self.cfg = cfg
-        self.head = S.DINOHead(in_dim, cfg.n_prototypes, hidden_dim=cfg.head_hidden, bottleneck_dim=cfg.head_bottleneck)
-        self.dino = S.DINOLoss(cfg.n_prototypes, cfg.student_temp, cfg.center_momentum)   # holds the cls centre
-        self.ibot = S.iBOTPatchLoss(cfg.n_prototypes, cfg.student_temp, cfg.center_momentum)  # holds the patch centre
-        self.koleo = S.KoLeoLoss()
-
-# %% ../nbs/07_vtp.ipynb #776b0ec9
-def split_batch(images:torch.Tensor, # (b, 3, H, W) this rank's images in [-1, 1]
-                tokens:torch.Tensor|None, # (b, L) caption BPE ids (None when CLIP is off)
-                terms:dict, # `active_terms(...)`
-                b_ssl:int, # this rank's SSL subset size
-                b_rec:int, # this rank's reconstruction subset size
-                ssl_cfg:SSLConfig, # crop sizes, masking
-                patch_size:int, # encoder patch size (mask grid)
-                disjoint:bool=False # SSL and rec subsets without overlap
-               ) -> dict:
-    "Per-branch inputs for one step: CLIP gets all images, SSL/rec random subsets (+ SSL crops and masks)."
-    b = len(images)
-    out = dict(image=images, tokens=tokens)
-    perm = torch.randperm(b, device=images.device)
-    idx_ssl = perm[:b_ssl]
-    idx_rec = perm[b_ssl:b_ssl + b_rec] if disjoint else torch.randperm(b, device=images.device)[:b_rec]
-    if terms['rec'] > 0: out['rec_image'] = images[idx_rec]                        # (b_rec, 3, H, W)
-    if terms['ssl'] > 0:
-        S = component('ssl')
-        crops = S.multicrop(images[idx_ssl], ssl_cfg.crops)                           # 2*b_ssl global, n_local*b_ssl local
-        g = ssl_cfg.crops.global_size // patch_size
-        rng = random.Random(int(torch.randint(2**62, (1,))))                          # seeded from torch's RNG
-        m = S.ibot_masks(2 * b_ssl, (g, g), tuple(ssl_cfg.mask_ratio), ssl_cfg.mask_prob, rng=rng)
-        out.update(ssl_global=crops['global_crops'], ssl_local=crops['local_crops'], ssl_masks=m['masks'].to(images.device),
-                   ssl_mask_weights=m['weights'].to(images.device), n_local=ssl_cfg.crops.n_local)
-    out['idx_ssl'], out['idx_rec'] = idx_ssl, idx_rec
-    return out
-
 # %% ../nbs/07_vtp.ipynb #2c483f46
+def _rank_world() -> tuple:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
 class VTP(nn.Module):
     "Visual tokenizer + CLIP / SSL / reconstruction branches; `forward` returns all loss terms."
-    def __init__(self, model_cfg, # the tokenizer's `ViTConfig`
-                 obj:ObjectiveConfig=None, clip:ClipConfig=None, ssl:SSLConfig=None, rec:RecConfig=None):
+    def __init__(self, model_cfg:ViTConfig, # the tokenizer's config
+                 obj:ObjectiveConfig|None=None, # variant, weights, subset sizes
+                 clip:ClipConfig|None=None, # CLIP branch (default `small_clip_config()`)
+                 ssl:SSLConfig|None=None, # SSL branch (default `small_ssl_config()`)
+                 rec:RecConfig|None=None): # reconstruction loss
         super().__init__()
-        self.obj, self.clip_cfg = obj or ObjectiveConfig(), clip or ClipConfig()
-        self.ssl_cfg, self.rec_cfg = ssl or SSLConfig(), rec or RecConfig()
+        self.obj, self.clip_cfg = obj or ObjectiveConfig(), clip or small_clip_config()
+        self.ssl_cfg, self.rec_cfg = ssl or small_ssl_config(), rec or RecConfig()
         self.terms = active_terms(self.obj)
-        self.tokenizer = build_tokenizer(model_cfg)
+        self.tokenizer = VisualTokenizer(model_cfg)
         D = self.tokenizer.semantic_dim
         if self.terms['clip'] > 0:
-            self.clip = ClipBranch(self.clip_cfg, D)
-            self.clip_loss = clip_loss_fn(self.clip_cfg)
-        if self.terms['ssl'] > 0:
-            self.ssl = SSLBranch(self.ssl_cfg, D)
-            self.teacher = nn.ModuleDict(dict(tokenizer=copy.deepcopy(self.tokenizer), head=copy.deepcopy(self.ssl.head)))
-            self.teacher.requires_grad_(False)
+            rank, world = _rank_world()
+            self.clip = ClipBranch(D, self.clip_cfg, rank=rank, world_size=world, gather_with_grad=True)
+        if self.terms['ssl'] > 0: self.ssl = SSLBranch(self.tokenizer, self.ssl_cfg, D)   # holds the EMA teacher
         if self.terms['rec'] > 0:
-            self.rec_loss = component('autoencoder').ReconLoss(self.rec_cfg.l1_weight, self.rec_cfg.lpips_weight, self.rec_cfg.perceptual)
+            self.rec_loss = ReconLoss(self.rec_cfg.l1_weight, self.rec_cfg.lpips_weight, self.rec_cfg.perceptual)
             self.rec_loss.requires_grad_(False)                                         # the perceptual net is fixed
+
+    def sampler(self, batch_size:int, # global batch B
+                seed:int=0, rank:int=0, world_size:int=1) -> BranchSampler:
+        "The `BranchSampler` that draws this model's SSL / reconstruction subsets."
+        o = self.obj
+        return BranchSampler(batch_size, o.batch_ssl, o.batch_rec, o.disjoint, seed, rank, world_size)
+
+    def make_batch(self, images:torch.Tensor, # (b, 3, H, W) this rank's images in [-1, 1]
+                   tokens:torch.Tensor|None, # (b, L) caption ids (None when CLIP is off)
+                   idx_ssl:torch.Tensor, # (b_ssl,) SSL subset (from `BranchSampler`)
+                   idx_rec:torch.Tensor # (b_rec,) reconstruction subset
+                  ) -> dict:
+        "Per-branch inputs of one step: CLIP gets all images, SSL/rec their subsets (+ SSL crops and masks)."
+        idx_ssl, idx_rec = idx_ssl.to(images.device), idx_rec.to(images.device)
+        out = dict(image=images, tokens=tokens, idx_ssl=idx_ssl, idx_rec=idx_rec)
+        if self.terms['rec'] > 0: out['rec_image'] = images[idx_rec]                   # (b_rec, 3, H, W)
+        if self.terms['ssl'] > 0:
+            rng = random.Random(int(torch.randint(2**62, (1,))))                         # masks: seeded from torch's RNG
+            out['ssl'] = self.ssl.make_inputs(images[idx_ssl], self.tokenizer.cfg.patch_size, rng=rng)
+        return out
 
     def student_params(self):
         "(name, parameter) pairs the optimiser updates (everything but the teacher and frozen loss networks)."
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith(('teacher.', 'rec_loss.'))]
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith(('ssl.teacher.', 'rec_loss.'))]
 
     @torch.no_grad()
     def update_teacher(self, momentum:float # EMA momentum m: teacher = m*teacher + (1-m)*student
                       ):
-        "EMA update of the teacher from the student tokenizer and head."
-        if self.terms['ssl'] == 0: return
-        s = list(self.tokenizer.parameters()) + list(self.ssl.head.parameters())
-        t = list(self.teacher['tokenizer'].parameters()) + list(self.teacher['head'].parameters())
-        torch._foreach_lerp_(t, s, 1 - momentum)
+        "EMA update of the teacher (encoder + DINO head) from the student's."
+        if self.terms['ssl'] > 0: self.ssl.update_teacher(self.tokenizer, momentum)
 
     def after_step(self):
         "Housekeeping after an optimiser step (CLIP temperature clamp)."
         if self.terms['clip'] > 0: self.clip.clamp_logit_scale_()
 
-    def forward(self, batch:dict, # from `split_batch`
+    def forward(self, batch:dict, # from `make_batch`
                 teacher_temp:float=0.04 # current teacher temperature (scheduled by the loop)
                ) -> dict:
         out, loss, tok = {}, 0., self.tokenizer
         if self.terms['clip'] > 0:
             cls, patch = tok.semantic_features(tok.forward_features(batch['image'], branch='clip'))  # (B, D), (B, N, D)
-            img, txt = self.clip.encode_image(cls, patch), self.clip.encode_text(batch['tokens'])     # (B, E) each
-            out['clip'] = self.clip_loss(img, txt, self.clip.logit_scale.exp())
-            out['logit_scale'] = self.clip.logit_scale.detach().exp()
+            c = self.clip(cls, patch, batch['tokens'])                                   # loss over the global batch
+            out.update(clip=c['loss'], logit_scale=c['logit_scale'])
             loss = loss + self.terms['clip'] * out['clip']
         if self.terms['rec'] > 0:
             x = batch['rec_image']                                                      # (b_rec, 3, H, W)
@@ -237,36 +134,13 @@ class VTP(nn.Module):
             out.update({f'rec_{k}': v for k, v in r.items() if k != 'loss'}, rec=r['loss'])
             loss = loss + self.terms['rec'] * out['rec']
         if self.terms['ssl'] > 0:
-            out.update(self.ssl_losses(batch, teacher_temp))
+            s = batch['ssl']                                                            # 2*b_ssl global, n*b_ssl local crops
+            r = self.ssl(tok, s['global_crops'], s['local_crops'], s['masks'], teacher_temp, s['weights'])
+            p = r['teacher_probs']                                                      # (2*b_ssl, K)
+            out.update(ssl=r['loss'], dino=r['dino_global'] + r['dino_local'], ibot=r['ibot'], koleo=r['koleo'],
+                       teacher_entropy=-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
             loss = loss + self.terms['ssl'] * out['ssl']
         out['loss'] = loss
-        return out
-
-    def ssl_losses(self, batch, teacher_temp):
-        "DINO (cls, every pair of different views) + iBOT (masked patches of global crops) + KoLeo (student global cls)."
-        c, br = self.ssl_cfg, self.ssl
-        g, masks, w = batch['ssl_global'], batch['ssl_masks'], batch['ssl_mask_weights']   # (2b, 3, G, G), (2b, N), (M,)
-        T, tok = self.teacher['tokenizer'], self.tokenizer
-        with torch.no_grad():
-            t_cls, t_patch = T.semantic_features(T.forward_features(g))                  # (2b, D), (2b, N, D)
-            t_cls_l = self.teacher['head'](t_cls)                                        # (2b, K)
-            t_patch_l = self.teacher['head'](t_patch[masks])                             # (M, K)
-            t_cls_p = br.dino.softmax_center_teacher(t_cls_l, teacher_temp); br.dino.update_center(t_cls_l)
-            t_patch_p = br.ibot.softmax_center_teacher(t_patch_l, teacher_temp); br.ibot.update_center(t_patch_l)
-        s_cls, s_patch = tok.semantic_features(tok.forward_features(g, masks=masks, branch='ssl'))
-        s_cls_l = br.head(s_cls)                                                         # (2b, K)
-        s_patch_l = br.head(s_patch[masks])                                              # (M, K)
-        t1, t2 = t_cls_p.chunk(2)
-        dino, n_pairs = 2 * br.dino([s_cls_l], [torch.cat([t2, t1])]), 2                 # each global view vs the other
-        if batch.get('n_local', 0) > 0:
-            l_cls, _ = tok.semantic_features(tok.forward_features(batch['ssl_local'], branch='ssl'))
-            dino = dino + br.dino(list(br.head(l_cls).chunk(batch['n_local'])), [t1, t2])  # every local vs both globals
-            n_pairs += 2 * batch['n_local']
-        out = dict(dino=dino / n_pairs,                                                  # mean over view pairs
-                   ibot=br.ibot(s_patch_l, t_patch_p, masks, w),
-                   koleo=sum(br.koleo(x) for x in s_cls.chunk(2)) / 2)
-        out['ssl'] = c.dino_weight * out['dino'] + c.ibot_weight * out['ibot'] + c.koleo_weight * out['koleo']
-        out['teacher_entropy'] = -(t_cls_p * t_cls_p.clamp_min(1e-12).log()).sum(-1).mean()
         return out
 
 def build_vtp(cfg # a `RunConfig` (needs .model, .objective, .clip, .ssl, .rec)
