@@ -67,23 +67,6 @@ def test_checkpoint_sections_line_up_with_official_names(tmp_path, data_root):
     back = official_state_dict_to_ours(off, layout='legacy')
     assert set(back) == set(flat) and back['clip.logit_scale'].shape == ()
 
-def test_old_names_and_v1_checkpoints_still_load(tmp_path, data_root):
-    "The first engine's --set names are aliases; a 'vtp_nb.ckpt/1' checkpoint is renamed on load (eval only)."
-    cfg = T.apply_overrides(T.make_config('small'), ['clip.text_width=32', 'ssl.n_prototypes=64', 'clip.context_length=16'])
-    assert (cfg.clip.text.width, cfg.ssl.out_dim, cfg.clip.text.context_length) == (32, 64, 16)
-    T.train(tiny_cfg(tmp_path, data_root, 'train.steps=1'), log=lambda *_: None)
-    ck = T.load_checkpoint(tmp_path)
-    v1 = dict(ck, format='vtp_nb.ckpt/1', text={k.replace('image_head.proj.', 'image_proj.'): v for k, v in ck.pop('clip').items()},
-              ssl={k.replace('dino_head.', 'head.'): v for k, v in ck['ssl'].items()})
-    torch.save(v1, tmp_path/'v1.pt')
-    up = T.load_checkpoint(tmp_path/'v1.pt')
-    assert up['format'] == 'vtp_nb.ckpt/2' and 'image_head.proj.weight' in up['clip'] and 'dino_head.mlp.0.weight' in up['ssl']
-    from vtp_nb.evaluate import load_for_eval
-    tok, clip = load_for_eval(tmp_path/'v1.pt')
-    assert clip is not None and torch.equal(clip.image_head.proj.weight, up['clip']['image_head.proj.weight'])
-    m = T.build_vtp(T.config_from_dict(up['config']))
-    with pytest.raises(ValueError, match='cannot be resumed'): T.restore_model(m, up, torch.optim.AdamW(m.parameters()))
-
 @pytest.mark.parametrize('sets,msg', [
     (['train.batch_size=-8'], 'train.batch_size=-8 must be a positive integer'),
     (['objective.batch_rec=64', 'train.batch_size=32'], 'objective.batch_rec=64 exceeds train.batch_size=32'),
@@ -138,14 +121,14 @@ def test_demo_imagefolder_runs(tmp_path):
         for i in range(8): Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(tmp_path/'imgs'/c/f'{i}.png')
     cfg = T.apply_overrides(T.make_config('demo'), TINY + [f'data.path={tmp_path/"imgs"}', 'data.image_size=32', 'data.num_workers=0',
         'model.patch_size=8', 'model.img_size=32', 'ssl.crops.global_size=32', 'ssl.crops.local_size=16', 'rec.perceptual=none',
-        'clip.context_length=16', 'train.steps=2', f'train.out_dir={tmp_path/"run"}'])
+        'clip.text.context_length=16', 'train.steps=2', f'train.out_dir={tmp_path/"run"}'])
     res = T.train(cfg, log=lambda *_: None)
     assert res['step'] == 2 and torch.isfinite(torch.tensor(res['metrics']['loss']))
 
 def test_torchrun_full_scale_fsdp2_shrunken(tmp_path, data_root):
     r = cli('--scale', 'full', '--allow-cpu', '--steps', '2', '--out', str(tmp_path), '--set', *TINY, 'data.kind=small',
             f'data.path={data_root}', 'data.image_size=32', 'model.patch_size=8', 'model.img_size=32', 'ssl.crops.global_size=32',
-            'ssl.crops.local_size=16', 'rec.perceptual=none', 'clip.context_length=16', 'data.num_workers=0', nproc=2)
+            'ssl.crops.local_size=16', 'rec.perceptual=none', 'clip.text.context_length=16', 'data.num_workers=0', nproc=2)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert 'world=2 strategy=fsdp' in r.stdout
     assert T.load_tokenizer(tmp_path).cfg.width == 32

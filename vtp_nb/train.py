@@ -19,12 +19,12 @@ from .vtp import (VTP, ObjectiveConfig, RecConfig, VARIANTS, active_terms, build
                         small_ssl_config)
 
 # %% auto #0
-__all__ = ['SCALES', 'ALIASES', 'CKPT_FORMAT', 'DataConfig', 'OptimConfig', 'TrainConfig', 'DistConfig', 'RunConfig',
-           'make_config', 'apply_overrides', 'config_to_dict', 'config_from_dict', 'ConfigError', 'validate',
-           'schedules', 'param_groups', 'set_hparams', 'step_indices', 'StepData', 'image_folder', 'StreamData',
-           'model_state', 'save_checkpoint', 'load_checkpoint', 'load_tokenizer', 'checkpoint_flat_state',
-           'restore_model', 'setup_dist', 'wrap_model', 'NonFiniteLoss', 'train', 'plan', 'format_plan', 'parse_args',
-           'resolve_config', 'main']
+__all__ = ['SCALES', 'CKPT_FORMAT', 'DataConfig', 'OptimConfig', 'TrainConfig', 'DistConfig', 'RunConfig', 'make_config',
+           'apply_overrides', 'config_to_dict', 'config_from_dict', 'ConfigError', 'validate', 'schedules',
+           'param_groups', 'set_hparams', 'step_indices', 'StepData', 'image_folder', 'StreamData', 'model_state',
+           'save_checkpoint', 'load_checkpoint', 'load_tokenizer', 'checkpoint_flat_state', 'restore_model',
+           'setup_dist', 'wrap_model', 'NonFiniteLoss', 'train', 'plan', 'format_plan', 'parse_args', 'resolve_config',
+           'main']
 
 # %% ../nbs/08_train.ipynb #8d2188e6
 @dataclass
@@ -133,13 +133,6 @@ def _coerce(old, s:str, name:str):
     except ValueError: raise ValueError(f"{name}: cannot read {s!r} as {type(old).__name__}") from None
     return s
 
-ALIASES = {  # field names of the first engine's own CLIP/SSL configs -> the unified ones (old `--set`s and checkpoints keep working)
-    'clip.embed_dim': 'clip.text.embed_dim', 'clip.text_width': 'clip.text.width', 'clip.text_layers': 'clip.text.layers',
-    'clip.text_heads': 'clip.text.heads', 'clip.context_length': 'clip.text.context_length',
-    'ssl.n_prototypes': 'ssl.out_dim', 'ssl.head_hidden': 'ssl.hidden_dim', 'ssl.head_bottleneck': 'ssl.bottleneck_dim',
-    'ssl.teacher_temp_start': 'ssl.warmup_teacher_temp', 'ssl.teacher_temp_warmup': 'ssl.warmup_teacher_temp_frac',
-    'ssl.mask_prob': 'ssl.mask_sample_p', 'ssl.momentum_start': 'ssl.momentum_teacher', 'ssl.momentum_end': 'ssl.final_momentum_teacher'}
-
 def apply_overrides(cfg:RunConfig, # modified in place
                     sets:list # strings 'a.b=value'
                    ) -> RunConfig:
@@ -147,7 +140,7 @@ def apply_overrides(cfg:RunConfig, # modified in place
     for item in sets or []:
         if '=' not in item: raise ValueError(f"--set {item!r}: expected field.path=value")
         key, val = item.split('=', 1)
-        key = ALIASES.get(key.strip(), key.strip())
+        key = key.strip()
         obj, parts = cfg, key.split('.')
         for p in parts[:-1]:
             if not is_dataclass(obj) or not hasattr(obj, p): raise ValueError(f"--set {key}: unknown field {p!r}")
@@ -167,15 +160,10 @@ def config_from_dict(d:dict # from `config_to_dict` (e.g. a checkpoint's 'config
     cfg = make_config(d.get('scale', 'small'))
     def fill(obj, dd, path):
         for k, v in dd.items():
-            if f'{path}{k}' in ALIASES:                                 # an old field name: set the new one
-                *parent, k = ALIASES[f'{path}{k}'].split('.')
-                o = cfg
-                for p in parent: o = getattr(o, p)
-            else: o = obj
-            if not hasattr(o, k): raise ValueError(f"config: unknown field {path}{k}")
-            cur = getattr(o, k)
+            if not hasattr(obj, k): raise ValueError(f"config: unknown field {path}{k}")
+            cur = getattr(obj, k)
             if is_dataclass(cur): fill(cur, v, f'{path}{k}.')
-            else: setattr(o, k, tuple(v) if isinstance(cur, tuple) or (isinstance(v, list)) else v)
+            else: setattr(obj, k, tuple(v) if isinstance(cur, tuple) or (isinstance(v, list)) else v)
     fill(cfg, d, '')
     return cfg
 
@@ -332,14 +320,6 @@ _SECTIONS = (('model', 'tokenizer.'), ('clip', 'clip.'), ('teacher', 'ssl.teache
 def _section_of(name:str):
     return next(((k, p) for k, p in _SECTIONS if name.startswith(p)), (None, None))
 
-def _upgrade_v1(ck:dict) -> dict:
-    "Rename the sections of a 'vtp_nb.ckpt/1' checkpoint (first engine's own CLIP/SSL modules) to format 2; no resume."
-    ren = lambda d, old, new: {(new + k[len(old):] if k.startswith(old) else k): v for k, v in d.items()}
-    clip = ren(ck.pop('text', {}), 'image_proj.', 'image_head.proj.')
-    teacher = {k: v for k, v in ren(ck.get('teacher', {}), 'head.', 'dino_head.').items() if not k.startswith('tokenizer.decoder.')}
-    return dict(ck, format=CKPT_FORMAT, clip=clip, ssl=ren(ck.get('ssl', {}), 'head.', 'dino_head.'), teacher=teacher,
-                optimizer=None, upgraded_from='vtp_nb.ckpt/1')
-
 def _rng_state() -> dict:
     return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
@@ -380,7 +360,6 @@ def load_checkpoint(path, # a `ckpt.pt` (or a run folder holding one)
     if p.is_dir(): p = p/'ckpt.pt'
     if not p.exists(): raise FileNotFoundError(f"no checkpoint at {p}")
     ck = torch.load(p, map_location=map_location, weights_only=False)
-    if ck.get('format') == 'vtp_nb.ckpt/1': ck = _upgrade_v1(ck)
     if ck.get('format') != CKPT_FORMAT: raise ValueError(f"{p}: not a {CKPT_FORMAT} checkpoint (format={ck.get('format')!r})")
     return ck
 
@@ -405,8 +384,6 @@ def checkpoint_flat_state(ck:dict, # from `load_checkpoint`
 def restore_model(model:VTP, ck:dict, opt=None):
     "Load a checkpoint's sections (and optimiser state) into a (possibly sharded) `VTP`."
     from torch.distributed.checkpoint.state_dict import set_state_dict, set_model_state_dict, StateDictOptions
-    if opt is not None and ck.get('optimizer') is None:
-        raise ValueError(f"checkpoint (upgraded from {ck.get('upgraded_from')}) has no usable optimiser state: it cannot be resumed")
     sd = {p + n: v for k, p in _SECTIONS for n, v in ck.get(k, {}).items()}
     o = StateDictOptions(full_state_dict=True, strict=False)
     if opt is None: res = set_model_state_dict(model, sd, options=o)

@@ -1,0 +1,186 @@
+"Tests for vtp_nb.dit_model and vtp_nb.dit: adaLN-Zero init, CFG null class, exact transport, latent stats, determinism, CLI."
+import os, json
+os.environ['HF_HUB_OFFLINE'] = '1'
+from dataclasses import asdict
+from pathlib import Path
+import pytest, torch
+from safetensors.torch import load_file
+from vtp_nb.core import set_seed, atomic_save, data_small_path
+from vtp_nb.dit_model import DiTConfig, DIT_SIZES, LightningDiT, DiTBlock
+from vtp_nb.dit import (GaussianMixture2D, ode_solve, sample_dit, extract_latents, load_latents, normalize_latents,
+                        denormalize_latents, train_dit, load_tokenizer, main, shift_time, flow_loss)
+
+torch.set_num_threads(1)
+SMALL = dict(in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=3)
+
+
+def test_block_identity_and_zero_output():
+    set_seed(0)
+    cfg = DiTConfig(**SMALL)
+    x, c = torch.randn(2, 9, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        assert torch.equal(DiTBlock(cfg)(x, c), x)
+        m = LightningDiT(cfg)
+        v = m(torch.randn(2, 4, 3, 3), torch.rand(2), torch.tensor([0, 3]))
+    assert v.shape == (2, 4, 3, 3) and torch.count_nonzero(v) == 0
+
+
+def test_cfg_null_class_and_label_dropout():
+    set_seed(0)
+    m = LightningDiT(DiTConfig(**SMALL)).eval()
+    for p in m.parameters():
+        if p.ndim > 1: torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(3, 4, 2, 2)
+    with torch.no_grad():
+        null = m(x, 0.5, torch.full((3,), m.null_class))
+        forced = m(x, 0.5, torch.tensor([0, 1, 2]), force_drop=torch.ones(3, dtype=torch.bool))
+        cond = m(x, 0.5, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(null, forced)
+    assert not torch.allclose(null, cond)
+    m.train(); set_seed(0)
+    y = m.y_embedder.drop(torch.zeros(10_000, dtype=torch.long))
+    assert abs((y == 3).float().mean().item() - 0.1) < 0.02  # default class dropout 0.1
+
+
+def test_sizes_by_name():
+    for name, (D, depth, heads) in {'tiny': (128, 4, 4), 'B': (768, 12, 12), 'XL': (1152, 28, 16)}.items():
+        cfg = DIT_SIZES[name]()
+        assert (cfg.hidden_size, cfg.depth, cfg.num_heads) == (D, depth, heads)
+
+
+@pytest.mark.parametrize('method,steps', [('euler', 100), ('heun', 20)])
+def test_exact_velocity_transports_gaussian_mixture(method, steps):
+    gm = GaussianMixture2D.default()
+    x0 = torch.randn(4000, 2, generator=torch.Generator().manual_seed(1))
+    xs = ode_solve(gm.velocity, x0, steps, method)
+    torch.testing.assert_close(xs.mean(0), gm.mean.float(), atol=0.05, rtol=0)
+    torch.testing.assert_close(xs.T.cov(), gm.cov.float(), atol=0.08, rtol=0)
+    # a wrong field (no posterior weighting: a single Gaussian fit) must NOT reproduce the covariance structure
+    one = GaussianMixture2D(gm.means.mean(0, keepdim=True).float(), torch.eye(2)[None])
+    assert (ode_solve(one.velocity, x0, steps, method).T.cov() - gm.cov.float()).abs().max() > 0.3
+
+
+def test_time_shift_endpoints():
+    t = torch.linspace(0, 1, 11)
+    for a in (0.3, 1., 3.):
+        s = shift_time(t, a)
+        assert s[0] == 0 and s[-1] == 1 and (s.diff() > 0).all()
+
+
+class _Tok(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = torch.nn.Conv2d(3, 6, 8, 8), torch.nn.ConvTranspose2d(6, 3, 8, 8)
+        with torch.no_grad(): self.enc.bias.copy_(torch.linspace(-5, 5, 6))
+    def encode(self, x): return self.enc(x) * 3
+    def decode(self, z): return self.dec(z)
+
+
+def test_latent_stats_normalise(tmp_path):
+    set_seed(0)
+    imgs, labs = torch.randint(0, 256, (50, 3, 16, 16), dtype=torch.uint8), torch.randint(0, 4, (50,))
+    stats = extract_latents(_Tok(), (imgs, labs), tmp_path, flip=True, batch_size=7, shard_size=40, pbar=False)
+    assert len(list(tmp_path.glob('shard_*.safetensors'))) == 3 and (tmp_path / 'latent_stats.json').exists()
+    z, y, st = load_latents(tmp_path)
+    assert z.shape == (100, 6, 2, 2) and st['num_classes'] == 4 and st['flip'] is True
+    assert max(abs(m) for m in st['mean']) > 1  # raw latents are far from standard
+    zn = normalize_latents(z, st)
+    torch.testing.assert_close(zn.mean((0, 2, 3)), torch.zeros(6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(zn.std((0, 2, 3), unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    torch.testing.assert_close(denormalize_latents(zn, st), z, atol=1e-4, rtol=1e-5)
+
+
+def test_missing_latents_dir_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match='extract'): load_latents(tmp_path)
+
+
+def test_sampler_and_training_deterministic():
+    set_seed(0)
+    z, y = torch.randn(32, 4, 2, 2), torch.randint(0, 3, (32,))
+    r1 = train_dit(DiTConfig(**SMALL), z, y, steps=5, batch_size=8, pbar=False)
+    r2 = train_dit(DiTConfig(**SMALL), z, y, steps=5, batch_size=8, pbar=False)
+    for k, v in r1['model'].state_dict().items(): assert torch.equal(v, r2['model'].state_dict()[k])
+    lab = torch.tensor([0, 1, 2])
+    a = sample_dit(r1['ema'], lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=7)
+    b = sample_dit(r1['ema'], lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=7)
+    c = sample_dit(r1['ema'], lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_flow_loss_at_init_is_three():
+    set_seed(0)
+    _, parts = flow_loss(LightningDiT(DiTConfig(**SMALL)), torch.randn(256, 4, 2, 2), torch.zeros(256, dtype=torch.long))
+    assert abs(parts['mse'] - 2) < 0.1 and parts['cos'] == 0
+
+
+def _tiny_tokenizer_ckpt(path):
+    vit = pytest.importorskip('vtp_nb.vit')
+    set_seed(0)
+    tok = vit.VisualTokenizer(vit.VIT_SIZES['tiny']())
+    atomic_save({'config': asdict(tok.cfg), 'model': tok.state_dict()}, path)
+    return tok
+
+
+def test_load_tokenizer_roundtrip_and_errors(tmp_path):
+    tok = _tiny_tokenizer_ckpt(tmp_path / 'tok.pt')
+    tok2 = load_tokenizer(tmp_path / 'tok.pt')
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad(): torch.testing.assert_close(tok.eval().encode(x), tok2.encode(x))
+    torch.save({'weights': {}}, tmp_path / 'bad.pt')
+    with pytest.raises(KeyError, match="'config'"): load_tokenizer(tmp_path / 'bad.pt')
+
+
+def test_cli_train_sample_end_to_end(tmp_path):
+    "train + sample through the CLI on tiny random latents from a (random) tokenizer; sample decodes to PNG."
+    tok = _tiny_tokenizer_ckpt(tmp_path / 'tok.pt')
+    imgs, labs = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8), torch.arange(3).repeat(8)
+    extract_latents(tok, (imgs, labs), tmp_path / 'lat', batch_size=16, tokenizer_path=str(tmp_path / 'tok.pt'), pbar=False)
+    main(['train', '--latents', str(tmp_path / 'lat'), '--size', 'tiny', '--steps', '3', '--batch-size', '8',
+          '--out', str(tmp_path / 'run'), '--no-progress'])
+    ck = torch.load(tmp_path / 'run' / 'dit.pt', weights_only=False)
+    assert ck['step'] == 3 and ck['config']['in_channels'] == 16 and ck['stats']['num_classes'] == 3
+    main(['train', '--latents', str(tmp_path / 'lat'), '--size', 'tiny', '--steps', '2', '--batch-size', '8',
+          '--out', str(tmp_path / 'run'), '--no-progress', '--resume'])
+    assert torch.load(tmp_path / 'run' / 'dit.pt', weights_only=False)['step'] == 5
+    main(['sample', '--ckpt', str(tmp_path / 'run'), '--n-per-class', '2', '--cfg', '2.0', '--steps', '3', '--out', str(tmp_path / 's')])
+    out = load_file(str(tmp_path / 's' / 'samples.safetensors'))
+    assert out['latents'].shape == (6, 16, 4, 4) and out['images'].shape == (6, 3, 32, 32) and out['images'].dtype == torch.uint8
+    assert (tmp_path / 's' / 'samples.png').stat().st_size > 1000
+
+
+@pytest.mark.skipif(not data_small_path().exists(), reason='data_small not present')
+def test_cli_extract_data_small(tmp_path):
+    _tiny_tokenizer_ckpt(tmp_path / 'tok.pt')
+    pytest.importorskip('vtp_nb.data')
+    main(['extract', '--tokenizer', str(tmp_path / 'tok.pt'), '--data', 'data_small', '--split', 'val', '--out', str(tmp_path / 'lat')])
+    st = json.loads((tmp_path / 'lat' / 'latent_stats.json').read_text())
+    assert st['num_latents'] == 2000 and st['latent_shape'] == [16, 4, 4] and st['num_classes'] == 10
+
+
+def test_paper_preset_is_selectable():
+    from vtp_nb.dit import PRESETS, _parser
+    p = PRESETS['paper']
+    assert (p['size'], p['lr'], p['beta2'], p['batch_size'], p['ema_decay'], p['sample_steps']) == ('B', 2e-4, 0.95, 1024, 0.9999, 250)
+    assert _parser().parse_args(['train', '--latents', 'x', '--out', 'y', '--preset', 'paper']).preset == 'paper'
+
+
+def test_load_tokenizer_runconfig_style_dict(tmp_path):
+    tok = _tiny_tokenizer_ckpt(tmp_path / 'tok.pt')
+    atomic_save({'config': {'model': asdict(tok.cfg), 'train': {}}, 'model': {'tokenizer.' + k: v for k, v in tok.state_dict().items()}},
+                tmp_path / 'run' / 'ckpt.pt')
+    tok2 = load_tokenizer(tmp_path / 'run')
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad(): torch.testing.assert_close(tok.eval().encode(x), tok2.encode(x))
+
+
+def test_extract_from_image_folder_dataset(tmp_path):
+    "A dict-yielding Dataset (vtp_nb.data.ImageFolderCaptions) streams through a DataLoader."
+    data = pytest.importorskip('vtp_nb.data')
+    from PIL import Image
+    for c in ('cat', 'dog'):
+        (tmp_path / 'imgs' / c).mkdir(parents=True)
+        for i in range(3): Image.fromarray(torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8).numpy()).save(tmp_path / 'imgs' / c / f'{i}.png')
+    ds = data.ImageFolderCaptions(tmp_path / 'imgs', transform=data.encoder_transform(16))
+    st = extract_latents(_Tok(), ds, tmp_path / 'lat', batch_size=4, pbar=False)
+    z, y, _ = load_latents(tmp_path / 'lat')
+    assert z.shape == (12, 6, 2, 2) and st['num_classes'] == 2 and y.tolist() == [0, 0, 0, 1, 1, 1] * 2
