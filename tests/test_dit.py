@@ -164,14 +164,6 @@ def test_paper_preset_is_selectable():
     assert _parser().parse_args(['train', '--latents', 'x', '--out', 'y', '--preset', 'paper']).preset == 'paper'
 
 
-def test_load_tokenizer_runconfig_style_dict(tmp_path):
-    tok = _tiny_tokenizer_ckpt(tmp_path / 'tok.pt')
-    atomic_save({'config': {'model': asdict(tok.cfg), 'train': {}}, 'model': {'tokenizer.' + k: v for k, v in tok.state_dict().items()}},
-                tmp_path / 'run' / 'ckpt.pt')
-    tok2 = load_tokenizer(tmp_path / 'run')
-    x = torch.rand(1, 3, 32, 32) * 2 - 1
-    with torch.no_grad(): torch.testing.assert_close(tok.eval().encode(x), tok2.encode(x))
-
 
 def test_extract_from_image_folder_dataset(tmp_path):
     "A dict-yielding Dataset (vtp_nb.data.ImageFolderCaptions) streams through a DataLoader."

@@ -14,12 +14,13 @@ from safetensors.torch import save_file, load_file
 from fastprogress.fastprogress import progress_bar
 from .core import set_seed, get_device, atomic_save, atomic_write_text, from_uint8, to_uint8, show_images, count_params, fmt_count
 from .dit_model import DiTConfig, DIT_SIZES, LightningDiT
+from .vit import load_tokenizer
 
 # %% auto #0
 __all__ = ['STATS_FILE', 'PRESETS', 'sample_t', 'interpolate', 'flow_loss', 'ema_decay_at', 'ema_update', 'shift_time',
            'time_grid', 'guided_velocity', 'ode_solve', 'sample_dit', 'GaussianMixture2D', 'toy_velocity_fit',
-           'extract_latents', 'load_latents', 'normalize_latents', 'denormalize_latents', 'load_tokenizer', 'train_dit',
-           'save_dit', 'load_dit', 'sample_images', 'main']
+           'extract_latents', 'load_latents', 'normalize_latents', 'denormalize_latents', 'train_dit', 'save_dit',
+           'load_dit', 'sample_images', 'main']
 
 # %% ../nbs/11_flow.ipynb #63061f1d
 def sample_t(n:int, # number of times
@@ -258,31 +259,6 @@ def denormalize_latents(z:Tensor, stats:dict, eps:float=1e-6) -> Tensor:
     "Inverse of `normalize_latents`: DiT samples back to tokenizer latents."
     return z * (_stat(stats, 'std', z) + eps) + _stat(stats, 'mean', z)
 
-# %% ../nbs/11_flow.ipynb #b5b9ab74
-def load_tokenizer(ckpt_path, # run folder / ckpt.pt of vtp_nb.train, or a torch file with 'config' and 'model'
-                   device='cpu') -> nn.Module:
-    "Rebuild a `vtp_nb.vit.VisualTokenizer` from a checkpoint (eval mode)."
-    try: from vtp_nb.vit import ViTConfig, VisualTokenizer
-    except ImportError as e: raise ImportError('load_tokenizer needs vtp_nb.vit (nbs/02_vit.ipynb)') from e
-    path = Path(ckpt_path)
-    if path.is_dir(): path = path / 'ckpt.pt'
-    if not path.exists(): raise FileNotFoundError(f'tokenizer checkpoint {path} not found')
-    ck = torch.load(path, map_location='cpu', weights_only=False)
-    if ck.get('format', '').startswith('vtp_nb.ckpt'):  # a vtp_nb.train run: its own loader knows the layout
-        from vtp_nb.train import load_tokenizer as load_run_tokenizer
-        return load_run_tokenizer(path).to(device).eval()
-    cfg = ck.get('config', ck.get('model_config'))
-    if cfg is None or 'model' not in ck:
-        raise KeyError(f"{path}: expected a dict with 'config' (or 'model_config') and 'model', got keys {list(ck)}")
-    if isinstance(cfg, dict) and isinstance(cfg.get('model'), dict): cfg = cfg['model']  # a RunConfig-style dict
-    cfg = ViTConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
-    sd = ck['model']
-    for prefix in ('module.', 'tokenizer.', 'model.'):
-        if all(k.startswith(prefix) for k in sd): sd = {k[len(prefix):]: v for k, v in sd.items()}
-    tok = VisualTokenizer(cfg)
-    tok.load_state_dict(sd)
-    return tok.to(device).eval()
-
 # %% ../nbs/11_flow.ipynb #128977a5
 PRESETS = {
     'cpu': dict(size='tiny', lr=2e-4, beta2=0.95, batch_size=256, ema_decay=0.999, sample_steps=50, method='euler'),
@@ -407,7 +383,7 @@ def main(argv:list|None=None):
     "Entry point of `python -m vtp_nb.dit`."
     a = _parser().parse_args(argv)
     if a.cmd == 'extract':
-        tok = load_tokenizer(a.tokenizer, device=get_device(a.device))
+        tok = load_tokenizer(a.tokenizer).to(get_device(a.device))
         ds = _load_dataset(a.data, a.split, a.size)
         num_classes = len(ds.classes) if hasattr(ds, 'classes') else None
         stats = extract_latents(tok, ds, a.out, flip=not a.no_flip, batch_size=a.batch_size, device=a.device,
@@ -435,7 +411,7 @@ def main(argv:list|None=None):
         dev = get_device(a.device)
         model, ck = load_dit(a.ckpt, use_ema=not a.no_ema, device=dev)
         stats = ck['stats']; tok_path = a.tokenizer or stats.get('tokenizer')
-        tok = load_tokenizer(tok_path, device=dev) if tok_path else None
+        tok = load_tokenizer(tok_path).to(dev) if tok_path else None
         if tok is None: print('no tokenizer recorded or given: writing latents only (no images)')
         steps = a.steps or ck.get('sample_defaults', {}).get('steps', 50)
         K = model.cfg.num_classes

@@ -73,23 +73,20 @@ def evaluate_tokenizer(tokenizer:torch.nn.Module, # a `VisualTokenizer` in eval 
     return report, figs
 
 # %% ../nbs/14_evaluate.ipynb #941b1ace
-def load_for_eval(path, # tokenizer checkpoint: a `vtp_nb.train` checkpoint (file or run folder) or {'config', 'model'}
+def load_for_eval(path, # a `vtp_nb.train` checkpoint (file or run folder) or a `save_tokenizer` file
                   device=None) -> tuple:
     "(tokenizer, CLIP branch or None) from a checkpoint, both in eval mode."
-    p = Path(path); p = p/'ckpt.pt' if p.is_dir() else p
-    if not p.exists(): raise FileNotFoundError(f'no checkpoint at {p}')
-    fmt = torch.load(p, map_location='cpu', weights_only=False).get('format')
-    if not str(fmt).startswith('vtp_nb.ckpt/'):                # a bare {'config', 'model'} tokenizer file
-        from vtp_nb.dit import load_tokenizer
-        return load_tokenizer(p, device=get_device(device)), None
-    from vtp_nb.train import load_tokenizer, load_checkpoint, config_from_dict
+    from vtp_nb.vit import checkpoint_file, tokenizer_from_checkpoint
     from vtp_nb.clip import ClipBranch
-    ck = load_checkpoint(p)                                  # checks the format; renames the sections of older ones
-    tok = load_tokenizer(p).to(get_device(device)).eval()
-    if not ck.get('clip'): return tok, None
+    from vtp_nb.train import config_from_dict
+    p = checkpoint_file(path)
+    ck = torch.load(p, map_location='cpu', weights_only=False)
+    dev = get_device(device)
+    tok = tokenizer_from_checkpoint(ck, str(p)).to(dev)
+    if not ck.get('clip'): return tok, None                   # a tokenizer file, or a run without the CLIP branch
     clip = ClipBranch(tok.semantic_dim, config_from_dict(ck['config']).clip)
     clip.load_state_dict(ck['clip'])
-    return tok, clip.to(get_device(device)).eval()
+    return tok, clip.to(dev).eval()
 
 # %% ../nbs/14_evaluate.ipynb #0dd3afa7
 def zero_shot(tokenizer, clip, images, labels, classes:list) -> list[MetricResult]|str:

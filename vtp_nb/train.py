@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.distributed as dist
 from .core import set_seed, get_device, set_threads, atomic_save, atomic_write_text, count_params, fmt_count, data_small_path
-from .vit import ViTConfig, VisualTokenizer, VIT_SIZES, Block
+from .vit import ViTConfig, VisualTokenizer, VIT_SIZES, Block, load_tokenizer
 from .data import load_data_small, TEMPLATES
 from .clip import ClipConfig, text_config, get_tokenizer
 from .ssl import MultiCropConfig
@@ -22,9 +22,8 @@ from .vtp import (VTP, ObjectiveConfig, RecConfig, VARIANTS, active_terms, build
 __all__ = ['SCALES', 'CKPT_FORMAT', 'DataConfig', 'OptimConfig', 'TrainConfig', 'DistConfig', 'RunConfig', 'make_config',
            'apply_overrides', 'config_to_dict', 'config_from_dict', 'ConfigError', 'validate', 'schedules',
            'param_groups', 'set_hparams', 'step_indices', 'StepData', 'image_folder', 'StreamData', 'model_state',
-           'save_checkpoint', 'load_checkpoint', 'load_tokenizer', 'checkpoint_flat_state', 'restore_model',
-           'setup_dist', 'wrap_model', 'NonFiniteLoss', 'train', 'plan', 'format_plan', 'parse_args', 'resolve_config',
-           'main']
+           'save_checkpoint', 'load_checkpoint', 'checkpoint_flat_state', 'restore_model', 'setup_dist', 'wrap_model',
+           'NonFiniteLoss', 'train', 'plan', 'format_plan', 'parse_args', 'resolve_config', 'main']
 
 # %% ../nbs/08_train.ipynb #8d2188e6
 @dataclass
@@ -362,14 +361,6 @@ def load_checkpoint(path, # a `ckpt.pt` (or a run folder holding one)
     ck = torch.load(p, map_location=map_location, weights_only=False)
     if ck.get('format') != CKPT_FORMAT: raise ValueError(f"{p}: not a {CKPT_FORMAT} checkpoint (format={ck.get('format')!r})")
     return ck
-
-def load_tokenizer(path, # checkpoint file or run folder
-                   map_location='cpu'):
-    "The trained `VisualTokenizer` of a checkpoint (eval mode)."
-    ck = load_checkpoint(path, map_location)
-    tok = VisualTokenizer(ViTConfig.from_dict(ck['config']['model']))
-    tok.load_state_dict(ck['model'])
-    return tok.eval()
 
 def checkpoint_flat_state(ck:dict, # from `load_checkpoint`
                           teacher:bool=True # include the SSL student head and the EMA teacher

@@ -5,16 +5,19 @@
 # %% ../nbs/02_vit.ipynb #c04c25a7
 from __future__ import annotations
 import math
+from pathlib import Path
 from dataclasses import dataclass, asdict, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import RmsNorm, SwiGLU, drop_path
+from .core import atomic_save
 
 # %% auto #0
 __all__ = ['vit_tiny', 'vit_small_f8d32', 'vit_small_f4d16', 'vit_S', 'vit_B', 'vit_L', 'VIT_SIZES', 'swiglu_hidden', 'ViTConfig',
-           'rope_2d_sincos', 'rotate_half', 'apply_rope', 'Attention', 'Block', 'PixelDecoder', 'VisualTokenizer']
+           'rope_2d_sincos', 'rotate_half', 'apply_rope', 'Attention', 'Block', 'PixelDecoder', 'VisualTokenizer',
+           'save_tokenizer', 'tokenizer_from_checkpoint', 'checkpoint_file', 'load_tokenizer']
 
 # %% ../nbs/02_vit.ipynb #b10fe88c
 def swiglu_hidden(width:int, # token width D
@@ -339,3 +342,34 @@ class VisualTokenizer(nn.Module):
         trunk = n(p for k, p in self.named_parameters() if not k.startswith(('bottleneck', 'decoder')))
         return dict(trunk=trunk, bottleneck=n(self.bottleneck.parameters()), decoder=n(self.decoder.parameters()),
                     total=n(self.parameters()))
+
+# %% ../nbs/02_vit.ipynb #d8d1de74
+def save_tokenizer(tok:VisualTokenizer, path) -> Path:
+    "Write a tokenizer-only checkpoint `{'config', 'model'}` atomically."
+    return atomic_save({'config': tok.config_dict(), 'model': tok.state_dict()}, path)
+
+def tokenizer_from_checkpoint(ck:dict, # a loaded checkpoint dict with 'config' and 'model'
+                              where:str='checkpoint' # named in errors
+                             ) -> VisualTokenizer:
+    "Rebuild a `VisualTokenizer` (eval mode) from a loaded tokenizer file or `vtp_nb.train` checkpoint."
+    if not isinstance(ck, dict) or 'config' not in ck or 'model' not in ck:
+        raise KeyError(f"{where}: expected a dict with 'config' and 'model' (save_tokenizer or vtp_nb.train), "
+                       f"got {list(ck) if isinstance(ck, dict) else type(ck).__name__}")
+    cfg = ck['config']
+    if isinstance(cfg.get('model'), dict): cfg = cfg['model']   # a training run's config: the ViT config is its `model`
+    tok = VisualTokenizer(ViTConfig.from_dict(cfg))
+    tok.load_state_dict(ck['model'])
+    return tok.eval()
+
+def checkpoint_file(path) -> Path:
+    "`path` itself, or `path/ckpt.pt` for a run folder; a clear error when missing."
+    p = Path(path)
+    if p.is_dir(): p = p/'ckpt.pt'
+    if not p.exists(): raise FileNotFoundError(f"no tokenizer checkpoint at {p}")
+    return p
+
+def load_tokenizer(path, # tokenizer file, `vtp_nb.train` checkpoint, or a run folder holding `ckpt.pt`
+                   map_location='cpu') -> VisualTokenizer:
+    "Rebuild a `VisualTokenizer` (eval mode) from any vtp_nb checkpoint that holds one."
+    p = checkpoint_file(path)
+    return tokenizer_from_checkpoint(torch.load(p, map_location=map_location, weights_only=False), str(p))
