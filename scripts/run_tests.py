@@ -40,7 +40,9 @@ def _one_nb(fn):
     cfg = get_config()
     flags = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags)
     os.chdir(cfg.nbs_path)
-    ok, secs = test_nb(fn, skip_flags=flags, force_flags=[], basepath=cfg.config_path, cell_timeout=600)
+    main = sys.modules['__main__']   # IPython's shell replaces __main__; the pool needs it back to unpickle the next task
+    try: ok, secs = test_nb(fn, skip_flags=flags, force_flags=[], basepath=cfg.config_path, cell_timeout=600)
+    finally: sys.modules['__main__'] = main
     return fn, ok, secs
 
 
