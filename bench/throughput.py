@@ -1,0 +1,196 @@
+"""Throughput of the VTP training step: images/s and achieved FLOP/s against the machine's peak.
+
+CPU (default): the small config, one full optimiser step (forward + backward + AdamW) per variant; branch costs by
+difference (CLIP = CLIP+AE - AE, SSL = SSL+AE - AE, the SSL figure includes the EMA teacher) plus the teacher's
+forward on its own; a plain ViT autoencoder step as a reference; all against the fp32 matmul FLOP/s measured in the
+same run (a 2048^3 matmul loop).
+
+    python bench/throughput.py                        # small config, this CPU (OMP_NUM_THREADS / --threads)
+    python bench/throughput.py --device cuda --config demo   # MFU in bf16 autocast + SDPA vs the GPU's dense bf16 peak
+    python bench/throughput.py --device cuda --config full --batch 64   # VTP-L at 256 px, per-GPU micro-batch
+    python bench/throughput.py --config demo --smoke  # the GPU code path at tiny size (runs on a CPU, for tests)
+
+FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and SDPA; elementwise ops are
+not counted), so "achieved FLOP/s" is model FLOP/s in the usual MFU sense.
+"""
+import argparse, contextlib, json, os, platform, sys, time
+from pathlib import Path
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+# dense (no sparsity) bf16 tensor-core peaks per GPU, from the vendors' data sheets (FLOP/s)
+BF16_PEAK = {'H200': 989e12, 'H100 SXM': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 989e12,
+             'A100': 312e12, 'L40S': 362e12, 'L4': 121e12, 'A10G': 70e12, 'RTX 4090': 165e12, 'RTX 3090': 71e12}
+
+
+def gpu_peak(name:str) -> tuple:
+    "(peak bf16 FLOP/s, table key) for a CUDA device name; (None, None) when unknown."
+    for k, v in BF16_PEAK.items():
+        if all(part in name for part in k.split()): return v, k
+    return None, None
+
+
+def sync(dev):
+    if dev.type == 'cuda': torch.cuda.synchronize()
+
+
+def matmul_peak(dev, dtype=torch.float32, n:int=2048, reps:int=5) -> float:
+    "Best-of-`reps` FLOP/s of an n^3 matmul (the machine's practical peak for this dtype)."
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    a @ b; sync(dev)
+    best = 0.
+    for _ in range(reps):
+        t0 = time.perf_counter(); (a @ b); sync(dev); dt = time.perf_counter() - t0
+        best = max(best, 2 * n ** 3 / dt)
+    return best
+
+
+def timed(step, dev, warmup:int, iters:int) -> tuple:
+    "(FLOPs of one call counted by FlopCounterMode, median seconds per call)."
+    with FlopCounterMode(display=False) as fc: step()
+    flops = fc.get_total_flops()
+    for _ in range(warmup): step()
+    ts = []
+    for _ in range(iters):
+        sync(dev); t0 = time.perf_counter(); step(); sync(dev); ts.append(time.perf_counter() - t0)
+    return flops, sorted(ts)[len(ts) // 2]
+
+
+def shrink(cfg):
+    "Tiny sizes for a CPU smoke test of the demo/full code path (same code, small tensors)."
+    from vtp_nb.vit import VIT_SIZES
+    from vtp_nb.vtp import small_clip_config, small_ssl_config
+    cfg.model = VIT_SIZES['tiny']()
+    cfg.clip, cfg.ssl = small_clip_config(), small_ssl_config()
+    cfg.data.image_size = 32
+    cfg.train.batch_size, cfg.objective.batch_ssl, cfg.objective.batch_rec = 16, 4, 8
+    return cfg
+
+
+def vtp_step(cfg, dev, amp:bool):
+    "A closure running one full training step of the engine's VTP model on random data."
+    from vtp_nb.vtp import build_vtp
+    from vtp_nb.train import param_groups, schedules
+    from vtp_nb.clip import get_tokenizer
+    torch.manual_seed(0)
+    model = build_vtp(cfg).to(dev).train()
+    opt = torch.optim.AdamW(param_groups(model), lr=1e-4, betas=(0.9, 0.95))
+    for g in opt.param_groups: g.pop('names', None)
+    B, s = cfg.train.batch_size, cfg.data.image_size
+    images = torch.rand(B, 3, s, s, device=dev) * 2 - 1
+    ctx = cfg.clip.text.context_length if hasattr(cfg.clip, 'text') else cfg.clip.context_length
+    tokens = get_tokenizer(ctx)(['a photo of a square.'] * B).to(dev)
+    sampler = model.sampler(B, 0)
+    temp = schedules(cfg, 0)['teacher_temp']
+    autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    state = dict(step=0)
+    def step():
+        batch = model.make_batch(images, tokens if model.terms['clip'] > 0 else None, *sampler(state['step']))
+        with autocast(): loss = model(batch, teacher_temp=temp)['loss']
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+        model.after_step(); model.update_teacher(0.996); state['step'] += 1
+    return step, model
+
+
+def teacher_step(model, cfg, dev, amp:bool):
+    "The EMA teacher's share: its no-grad forward on the global crops + DINO head."
+    t = model.ssl.teacher.module
+    images = torch.rand(cfg.objective.batch_ssl, 3, cfg.data.image_size, cfg.data.image_size, device=dev) * 2 - 1
+    crops = model.ssl.make_inputs(images, cfg.model.patch_size)['global_crops']
+    autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    @torch.no_grad()
+    def step():
+        with autocast():
+            cls, patch = t['tokenizer'].semantic_features(t['tokenizer'].forward_features(crops))
+            t['dino_head'](cls)
+    return step
+
+
+def plain_ae_step(dev, size:str='small_f4d16', batch:int=128):
+    "Reference: a plain ViT autoencoder (no VTP wrapper), L1 loss, AdamW, full step."
+    from vtp_nb.vit import VIT_SIZES, VisualTokenizer
+    torch.manual_seed(0)
+    tok = VisualTokenizer(VIT_SIZES[size]()).to(dev).train()
+    opt = torch.optim.AdamW(tok.parameters(), lr=1e-4)
+    x = torch.rand(batch, 3, 32, 32, device=dev) * 2 - 1
+    def step():
+        loss = (tok(x) - x).abs().mean(); loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    n_tok = (32 // tok.cfg.patch_size) ** 2
+    return step, sum(p.numel() for p in tok.parameters()), n_tok
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    ap.add_argument('--config', default='small', choices=['small', 'demo', 'full'])
+    ap.add_argument('--batch', type=int, default=None, help='global batch B (SSL / rec subsets scaled with it)')
+    ap.add_argument('--threads', type=int, default=None, help='CPU threads (default: OMP_NUM_THREADS or all cores)')
+    ap.add_argument('--iters', type=int, default=5); ap.add_argument('--warmup', type=int, default=2)
+    ap.add_argument('--variants', default='ae,clip_ae,ssl_ae,vtp')
+    ap.add_argument('--smoke', action='store_true', help='tiny sizes (tests the code path on a CPU)')
+    ap.add_argument('--json', default=None, help='also write the numbers to this JSON file')
+    a = ap.parse_args(argv)
+    if a.device == 'cuda' and not torch.cuda.is_available(): sys.exit('--device cuda: no CUDA device here')
+    dev = torch.device(a.device)
+    if dev.type == 'cpu':
+        n = a.threads or int(os.environ.get('OMP_NUM_THREADS', 0)) or os.cpu_count()
+        torch.set_num_threads(n)
+    from vtp_nb.train import make_config
+    amp = dev.type == 'cuda'                                   # bf16 autocast on GPUs only, never on a CPU
+    peak_dtype = torch.bfloat16 if amp else torch.float32
+    res = dict(date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), machine=platform.node(), cpu=platform.processor() or platform.machine(),
+               device=torch.cuda.get_device_name() if amp else f'cpu x {torch.get_num_threads()} threads', config=a.config,
+               smoke=a.smoke, load_avg=[round(x, 2) for x in os.getloadavg()], torch=torch.__version__, rows=[])
+    res['measured_peak'] = matmul_peak(dev, peak_dtype, n=256 if a.smoke else (8192 if amp else 2048))
+    if amp:
+        table, key = gpu_peak(res['device'])
+        res['peak'], res['peak_source'] = (table, f'datasheet dense bf16, {key}') if table else (res['measured_peak'], 'measured bf16 matmul (GPU not in the table)')
+    else: res['peak'], res['peak_source'] = res['measured_peak'], f"measured fp32 {256 if a.smoke else 2048}^3 matmul, same run"
+    print(f"{res['device']} | peak {res['peak'] / 1e9:.1f} GFLOP/s ({res['peak_source']}); measured {peak_dtype} matmul "
+          f"{res['measured_peak'] / 1e9:.1f} GFLOP/s | load average {res['load_avg']} | {res['date']}")
+    def row(name, flops, dt, batch, note=''):
+        r = dict(name=name, flops=flops, seconds=dt, img_per_s=batch / dt if batch else None, flop_per_s=flops / dt,
+                 ratio=flops / dt / res['peak'], note=note)
+        res['rows'].append(r)
+        ips = f"{r['img_per_s']:8.0f} img/s" if batch else ' ' * 14
+        print(f"  {name:28s} {flops / 1e9:9.2f} GFLOP {dt * 1e3:9.1f} ms {ips} {r['flop_per_s'] / 1e9:9.1f} GFLOP/s "
+              f"{'MFU' if amp else 'of peak'} {r['ratio']:6.1%}  {note}")
+        return r
+    steps = {}
+    for v in a.variants.split(','):
+        cfg = make_config(a.config)
+        cfg.objective.variant = v
+        cfg.rec.perceptual = 'none'                            # LPIPS's VGG is not part of the tokenizer's FLOPs here
+        if a.smoke: shrink(cfg)
+        if a.batch:
+            f = a.batch / cfg.train.batch_size
+            cfg.train.batch_size = a.batch
+            cfg.objective.batch_ssl, cfg.objective.batch_rec = max(1, int(cfg.objective.batch_ssl * f)), max(1, int(cfg.objective.batch_rec * f))
+        step, model = vtp_step(cfg, dev, amp)
+        flops, dt = timed(step, dev, a.warmup, a.iters)
+        steps[v] = row(f'{v} full step (B={cfg.train.batch_size})', flops, dt, cfg.train.batch_size,
+                       f"B_ssl={cfg.objective.batch_ssl} B_rec={cfg.objective.batch_rec} {cfg.data.image_size}px")
+        if v == 'vtp' or (v == 'ssl_ae' and 'vtp' not in a.variants):
+            tf, tdt = timed(teacher_step(model, cfg, dev, amp), dev, a.warmup, a.iters)
+            row('  teacher forward (no grad)', tf, tdt, None, f'{2 * cfg.objective.batch_ssl} global crops')
+        del model, step
+    if 'ae' in steps:
+        base = steps['ae']
+        for v, name in (('clip_ae', 'CLIP branch'), ('ssl_ae', 'SSL branch (incl. teacher)')):
+            if v in steps:
+                row(f'  {name} (by difference)', steps[v]['flops'] - base['flops'], max(1e-9, steps[v]['seconds'] - base['seconds']), None,
+                    f'{v} - ae')
+        row('  rec branch (= ae step)', base['flops'], base['seconds'], None, 'reconstruction only')
+    if not amp:
+        step, n_params, n_tok = plain_ae_step(dev, 'tiny' if a.smoke else 'small_f4d16', 16 if a.smoke else 128)
+        flops, dt = timed(step, dev, a.warmup, a.iters)
+        row(f'plain ViT AE reference', flops, dt, 16 if a.smoke else 128, f'{n_params / 1e6:.2f}M params, {n_tok} tokens, L1 + AdamW')
+    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == '__main__': main()

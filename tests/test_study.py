@@ -1,0 +1,76 @@
+"Tests for vtp_nb.study (the small-scale study runner) and bench/throughput.py: presets, an end-to-end tiny run, resume, CLI."
+import os, json, subprocess, sys, time
+os.environ['HF_HUB_OFFLINE'] = '1'
+from pathlib import Path
+import pytest, torch
+from vtp_nb.study import (STUDY_PRESETS, MAIN_VARIANTS, SCALING_VARIANTS, HEADLINE_LABELS, study_jobs, run_study,
+                          tokenizer_config, format_table, headline)
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+# the tiny preset, shrunk further: 3 budgets, no lambda_rec sweep point, small evaluation sets
+FAST = dict(main_steps=2, budgets=(1, 2, 3), extra=(), n_train=200, n_val=50, n_gen=20, dit_steps=3, stage2_steps=2)
+
+
+def test_cpu_preset_is_a_matched_compute_study():
+    p = STUDY_PRESETS['cpu']
+    jobs = {j['name']: j for j in study_jobs(p)}
+    for v in MAIN_VARIANTS: assert f"{v}@{p['main_steps']}" in jobs
+    for v in SCALING_VARIANTS:
+        assert len(p['budgets']) >= 3 and all(f'{v}@{s}' in jobs for s in p['budgets'])
+    assert p['main_steps'] in p['budgets'] and max(p['budgets']) / min(p['budgets']) >= 9
+    cfgs = [tokenizer_config(p, j['variant'], j['steps'], '/tmp/x', j.get('lambda_rec')) for j in jobs.values()]
+    # same encoder, batch and subsets for every variant: only the loss terms (and the sweep's lambda_rec) differ
+    assert len({json.dumps(c.model.__dict__, sort_keys=True) for c in cfgs}) == 1
+    assert {(c.train.batch_size, c.objective.batch_ssl, c.objective.batch_rec) for c in cfgs} == {(128, 32, 64)}
+    assert {c.objective.variant for c in cfgs} == set(MAIN_VARIANTS)
+
+
+def test_bad_preset_and_override(tmp_path):
+    with pytest.raises(ValueError, match='unknown'): run_study('nope', tmp_path)
+    with pytest.raises(ValueError, match='unknown preset fields'): run_study('tiny', tmp_path, overrides=dict(dit_stepz=3))
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path):
+    t0 = time.time()
+    res = run_study('tiny', tmp_path, workers=1, overrides=FAST, log=lambda s: None)
+    first = time.time() - t0
+    on_disk = json.loads((tmp_path/'results.json').read_text())
+    assert set(on_disk['main']) == {f'{v}@2' for v in MAIN_VARIANTS}
+    assert {v: sorted(map(int, d)) for v, d in on_disk['scaling'].items()} == {'ae': [1, 2, 3], 'vtp': [1, 2, 3]}
+    assert on_disk['meta']['fid_space'] == 'ref-cls' and on_disk['meta']['preset'] == 'tiny'
+    for f in on_disk['meta']['figures']: assert (tmp_path/f).stat().st_size > 1000
+    h = on_disk['main']['vtp@2']
+    for k in ('probe latent-mean', 'probe pre-mean', 'probe pre-cls', 'PSNR stage1', 'PSNR stage2', 'rFID stage2',
+              'gFID cfg1', 'gFID cfg2', 'gen class acc cfg2', 'gen latent probe cfg2', 'zero-shot top-1'):
+        assert h[k] is not None and k in on_disk['labels'], k
+    assert on_disk['main']['ae@2']['zero-shot top-1'] is None and on_disk['main']['ssl_ae@2']['zero-shot top-1'] is None
+    assert on_disk['main']['clip_ae@2']['zero-shot top-1'] is not None
+    # every FID-like number says which feature space it is in
+    for run in on_disk['runs'].values():
+        for m in run['reconstruction'] + run['generation']:
+            if 'FID' in m['name']: assert m['space'] == 'ref-cls' and 'ref-cls' in m['label']
+    assert {m['space'] for m in on_disk['floors']} == {'pixels', 'random-init latent-mean', 'random-init pre-mean', 'random-init pre-cls'}
+    # resume: a second call finds every stage's outputs and only re-assembles
+    t0 = time.time()
+    res2 = run_study('tiny', tmp_path, workers=1, overrides=FAST, log=lambda s: None)
+    assert time.time() - t0 < first / 2
+    assert res2['main'] == json.loads(json.dumps(res['main']))
+    assert 'vtp@2' in format_table(res2)
+
+
+def test_cli_rejects_unknown_preset():
+    r = subprocess.run([sys.executable, '-m', 'vtp_nb.study', '--preset', 'huge'], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and 'invalid choice' in r.stderr
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path/'bench.json'
+    r = subprocess.run([sys.executable, 'bench/throughput.py', '--config', 'demo', '--smoke', '--iters', '1', '--warmup', '0',
+                        '--variants', 'ae,vtp', '--threads', '1', '--json', str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    names = [row['name'] for row in res['rows']]
+    assert any(n.startswith('vtp full step') for n in names) and any('teacher' in n for n in names)
+    assert all(row['flops'] > 0 and 0 < row['ratio'] for row in res['rows'] if 'difference' not in row['name'])
+    assert 'of peak' in r.stdout and res['peak'] > 0
