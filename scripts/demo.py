@@ -6,6 +6,7 @@ Each stage is the command a user would type; the outputs land in runs/demo/ (ove
   3. train a tiny LightningDiT on the normalised latents
   4. sample class-conditionally
   5. evaluate: understanding, reconstruction, generation, one labelled JSON report
+  6. the small-scale study's pipeline at its `tiny` preset (the full study: `python -m vtp_nb.study --preset cpu`)
 `make demo QUICK=1` shrinks every stage to a smoke test (about two minutes).
 """
 import os, subprocess, sys, time
@@ -30,14 +31,15 @@ def main():
     train_steps = ['--steps', '20'] if QUICK else []
     dit_steps = '50' if QUICK else '600'
     sub = ['--n-train', '1000', '--n-val', '200', '--n-gen', '100'] if QUICK else ['--n-gen', '500']
-    step('1/5 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, *train_steps)
-    step('2/5 extract latents', '-m', 'vtp_nb.dit', 'extract', '--tokenizer', tok, '--data', 'data_small', '--out', lat)
-    step('3/5 train a tiny LightningDiT', '-m', 'vtp_nb.dit', 'train', '--latents', lat, '--size', 'tiny',
+    step('1/6 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, *train_steps)
+    step('2/6 extract latents', '-m', 'vtp_nb.dit', 'extract', '--tokenizer', tok, '--data', 'data_small', '--out', lat)
+    step('3/6 train a tiny LightningDiT', '-m', 'vtp_nb.dit', 'train', '--latents', lat, '--size', 'tiny',
          '--steps', dit_steps, '--out', dit)
-    step('4/5 sample 8 images per class', '-m', 'vtp_nb.dit', 'sample', '--ckpt', dit, '--n-per-class', '8',
+    step('4/6 sample 8 images per class', '-m', 'vtp_nb.dit', 'sample', '--ckpt', dit, '--n-per-class', '8',
          '--cfg', '2.0', '--steps', '50', '--out', smp)
-    step('5/5 evaluate tokenizer and DiT', '-m', 'vtp_nb.evaluate', '--ckpt', tok, '--dit', dit, '--out', ev, *sub)
+    step('5/6 evaluate tokenizer and DiT', '-m', 'vtp_nb.evaluate', '--ckpt', tok, '--dit', dit, '--out', ev, *sub)
+    step('6/6 the study pipeline, tiny preset', '-m', 'vtp_nb.study', '--preset', 'tiny', '--out', RUN/'study_tiny')
     print(f'\nDemo finished{" (QUICK smoke test: numbers are meaningless)" if QUICK else ""}. Outputs in {RUN}:')
-    print(f'  {tok}/loss.png  {smp}/samples.png  {ev}/report.json  {ev}/recons.png')
+    print(f'  {tok}/loss.png  {smp}/samples.png  {ev}/report.json  {ev}/recons.png  {RUN}/study_tiny/')
 
 if __name__ == '__main__': main()
