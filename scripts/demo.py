@@ -34,7 +34,7 @@ def main():
     step('1/6 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, *train_steps)
     step('2/6 extract latents', '-m', 'vtp_nb.dit', 'extract', '--tokenizer', tok, '--data', 'data_small', '--out', lat)
     step('3/6 train a tiny LightningDiT', '-m', 'vtp_nb.dit', 'train', '--latents', lat, '--size', 'tiny',
-         '--steps', dit_steps, '--out', dit)
+         '--steps', dit_steps, '--lr', '5e-4', '--out', dit)   # the study's DiT settings for short CPU runs
     step('4/6 sample 8 images per class', '-m', 'vtp_nb.dit', 'sample', '--ckpt', dit, '--n-per-class', '8',
          '--cfg', '2.0', '--steps', '50', '--out', smp)
     step('5/6 evaluate tokenizer and DiT', '-m', 'vtp_nb.evaluate', '--ckpt', tok, '--dit', dit, '--out', ev, *sub)
