@@ -159,7 +159,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'vtp_nb.dit_model.TimestepEmbedder.forward': ('dit.html#timestepembedder.forward', 'vtp_nb/dit_model.py'),
                                   'vtp_nb.dit_model._size': ('dit.html#_size', 'vtp_nb/dit_model.py'),
                                   'vtp_nb.dit_model.modulate': ('dit.html#modulate', 'vtp_nb/dit_model.py'),
-                                  'vtp_nb.dit_model.swiglu_hidden': ('dit.html#swiglu_hidden', 'vtp_nb/dit_model.py'),
                                   'vtp_nb.dit_model.timestep_embedding': ('dit.html#timestep_embedding', 'vtp_nb/dit_model.py')},
             'vtp_nb.evaluate': { 'vtp_nb.evaluate._parser': ('evaluate.html#_parser', 'vtp_nb/evaluate.py'),
                                  'vtp_nb.evaluate._section': ('evaluate.html#_section', 'vtp_nb/evaluate.py'),

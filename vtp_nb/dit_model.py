@@ -11,10 +11,11 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from timm.layers import SwiGLU, RmsNorm, AttentionRope, RotaryEmbeddingCat, build_sincos2d_pos_embed
 from .core import set_seed, count_params, fmt_count
+from .vit import swiglu_hidden  # SwiGLU width: 2/3 of the plain MLP's, rounded up to a multiple of 8
 
 # %% auto #0
-__all__ = ['DIT_SIZES', 'DiTConfig', 'timestep_embedding', 'TimestepEmbedder', 'LabelEmbedder', 'modulate', 'swiglu_hidden',
-           'DiTBlock', 'FinalLayer', 'LightningDiT']
+__all__ = ['DIT_SIZES', 'DiTConfig', 'timestep_embedding', 'TimestepEmbedder', 'LabelEmbedder', 'modulate', 'DiTBlock',
+           'FinalLayer', 'LightningDiT']
 
 # %% ../nbs/10_dit.ipynb #cebf0f3f
 @dataclass
@@ -81,10 +82,6 @@ def modulate(x:Tensor, # (B, N, D) tokens
             ) -> Tensor:
     "adaLN modulation: x * (1 + scale) + shift, broadcast over tokens."
     return x * (1 + scale[:, None]) + shift[:, None]
-
-def swiglu_hidden(hidden_size:int, mlp_ratio:float) -> int:
-    "SwiGLU hidden width: 2/3 of the plain-MLP width, rounded up to a multiple of 8."
-    return 8 * math.ceil(int(2 / 3 * mlp_ratio * hidden_size) / 8)
 
 class DiTBlock(nn.Module):
     "Pre-norm transformer block with adaLN-Zero conditioning, RoPE attention and a SwiGLU FFN."
