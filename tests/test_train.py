@@ -132,3 +132,18 @@ def test_torchrun_full_scale_fsdp2_shrunken(tmp_path, data_root):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert 'world=2 strategy=fsdp' in r.stdout
     assert T.load_tokenizer(tmp_path).cfg.width == 32
+
+def test_imagefolder_workers_give_the_same_batches(tmp_path):
+    "data.num_workers decodes ahead in worker processes; the batches (and a jump, as on resume) equal the serial ones."
+    from PIL import Image
+    for c in ('cat', 'dog'):
+        (tmp_path/'imgs'/c).mkdir(parents=True)
+        for i in range(8): Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(tmp_path/'imgs'/c/f'{i}.png')
+    def data(workers):
+        cfg = T.apply_overrides(T.make_config('demo'), [f'data.path={tmp_path/"imgs"}', 'data.image_size=32',
+                                                         'train.batch_size=4', f'data.num_workers={workers}'])
+        return T.StepData(cfg)
+    serial, par = data(0), data(2)
+    for step in (0, 1, 2, 7, 8):
+        (a, ta), (b, tb) = serial.batch(step), par.batch(step)
+        assert torch.equal(a, b) and torch.equal(ta, tb) and a.shape == (4, 3, 32, 32)

@@ -256,43 +256,63 @@ def step_indices(n:int, global_batch:int, step:int, seed:int, rank:int=0, world:
     b = global_batch // world
     return order[k * global_batch + rank * b: k * global_batch + (rank + 1) * b]
 
+class _StepBatches:
+    "Batch sampler: this rank's step-indexed index lists from `start` on (for a DataLoader with workers)."
+    def __init__(self, n, global_batch, seed, rank, world, start): self.args, self.start = (n, global_batch), (seed, rank, world, start)
+    def __iter__(self):
+        (n, gb), (seed, rank, world, step) = self.args, self.start
+        while True: yield step_indices(n, gb, step, seed, rank, world).tolist(); step += 1
+
+def _collate(items): return torch.stack([x['image'] for x in items]), [x['caption'] for x in items]
+
 class StepData:
-    "A map-style dataset read as step-indexed, rank-sharded batches of (images in [-1, 1], captions)."
+    "A map-style dataset read as step-indexed, rank-sharded batches of (images in [-1, 1], caption tokens)."
     def __init__(self, cfg:RunConfig, rank:int=0, world:int=1):
         self.cfg, self.rank, self.world = cfg, rank, world
         d = cfg.data
+        self._tok = get_tokenizer(cfg.clip.text.context_length)
         if d.kind == 'small':
             self.ds = load_data_small('train', size=d.image_size, root=d.path or None)
+            self.tokens = self._tok(self.ds.captions)        # (N, L): captions are fixed, tokenise them once
             self.n, self.desc = len(self.ds), f'data_small train ({len(self.ds)} images, {d.image_size} px)'
         elif d.kind == 'imagefolder':
             self.ds = image_folder(d.path, d.image_size)
             self.n, self.desc = len(self.ds), f'ImageFolder {d.path} ({len(self.ds)} images, {len(self.ds.classes)} classes, {d.image_size} px)'
         else: raise ValueError(f"data.kind={d.kind!r} is streamed: use `StreamData`")
-        self._tok = get_tokenizer(cfg.clip.text.context_length)
+        self._it, self._next = None, None
+
+    def _loader(self, start:int):
+        "Decode upcoming batches in `data.num_workers` worker processes (same batches as reading them in order)."
+        t = self.cfg.train
+        bs = _StepBatches(self.n, t.batch_size, t.seed, self.rank, self.world, start)
+        return iter(torch.utils.data.DataLoader(self.ds, batch_sampler=bs, num_workers=self.cfg.data.num_workers,
+                                                collate_fn=_collate, pin_memory=torch.cuda.is_available()))
 
     def batch(self, step:int) -> tuple:
         "(images (b, 3, H, W) in [-1, 1], tokens (b, L)) of this rank at `step`."
-        idx = step_indices(self.n, self.cfg.train.batch_size, step, self.cfg.train.seed, self.rank, self.world)
         if self.cfg.data.kind == 'small':
-            return self.ds.to_float(idx), self._tok([self.ds.captions[i] for i in idx.tolist()])
-        items = [self.ds[i] for i in idx.tolist()]
-        return torch.stack([x['image'] for x in items]), self._tok([x['caption'] for x in items])
+            idx = step_indices(self.n, self.cfg.train.batch_size, step, self.cfg.train.seed, self.rank, self.world)
+            return self.ds.to_float(idx), self.tokens[idx]
+        if step != self._next: self._it = self._loader(step)   # first call, or a jump (resume): restart the workers there
+        self._next = step + 1
+        images, captions = next(self._it)
+        return images, self._tok(captions)
 
-def image_folder(root:str, size:int):
+class _Captioned(torch.utils.data.Dataset):
+    "An ImageFolder whose items are dict(image, label, caption) with captions from templates over the class names."
+    def __init__(self, base): self.base, self.classes, self.names = base, base.classes, [c.replace('_', ' ') for c in base.classes]
+    def __len__(self): return len(self.base)
+    def __getitem__(self, i):
+        x, y = self.base[i]
+        return dict(image=x, label=y, caption=TEMPLATES[i % len(TEMPLATES)].format(self.names[y]))
+
+def image_folder(root:str, size:int) -> _Captioned:
     "ImageFolder with captions from templates over the class names ('a photo of a {}.'), images in [-1, 1]."
     import torchvision
     from torchvision.transforms import v2
     tf = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize([0.5] * 3, [0.5] * 3)])
-    base = torchvision.datasets.ImageFolder(root, transform=tf)
-    names = [c.replace('_', ' ') for c in base.classes]
-    class _Captioned(torch.utils.data.Dataset):
-        classes = base.classes
-        def __len__(self): return len(base)
-        def __getitem__(self, i):
-            x, y = base[i]
-            return dict(image=x, label=y, caption=TEMPLATES[i % len(TEMPLATES)].format(names[y]))
-    return _Captioned()
+    return _Captioned(torchvision.datasets.ImageFolder(root, transform=tf))
 
 class StreamData:
     "Webdataset image-text shards (resampled, per-rank seeded): position = step, not sample-exact on resume."
@@ -502,11 +522,10 @@ def train(cfg:RunConfig, # resolved run config (validated here)
                 bad += 1
                 if main_rank: log(f"step {step}: non-finite loss/gradient ({float(loss.detach()):.4g}, grad norm {float(gn):.4g}): update skipped ({bad} in a row)")
             opt.zero_grad(set_to_none=True)
-            vals = {k: float(v.detach().float()) for k, v in res.items() if torch.is_tensor(v) and v.numel() == 1}
-            vals['loss'] = float(loss.detach())
-            if _is_dist():
-                keys = sorted(vals); v = torch.tensor([vals[k] for k in keys], device=dev, dtype=torch.float64)
-                dist.all_reduce(v); vals = dict(zip(keys, (v / world).tolist()))
+            keys = sorted(k for k, v in res.items() if k != 'loss' and torch.is_tensor(v) and v.numel() == 1) + ['loss']
+            v = torch.stack([res[k].detach().float().reshape(()) for k in keys[:-1]] + [loss.detach().float()])
+            if _is_dist(): dist.all_reduce(v); v = v / world
+            vals = dict(zip(keys, v.tolist()))                                  # one device sync for every logged term
             dt = time.perf_counter() - t0
             last = dict(step=step, **vals, lr=sc['lr'], wd=sc['wd'], momentum=sc['momentum'], teacher_temp=sc['teacher_temp'],
                         grad_norm=float(gn), skipped=int(ok.item() != 1), step_s=dt, img_per_s=t.batch_size / dt,
