@@ -88,6 +88,7 @@ def _ddp_worker(rank, world_size, init_file, q):
         loss_fn = ContrastiveLoss('clip', rank=rank, world_size=world_size, local_loss=local_loss, gather_with_grad=True)
         res[local_loss] = loss_fn(ul, vl, torch.tensor(1 / 0.07)).item()
     q.put((rank, res))                                          # plain floats: no shared-memory tensors
+    dist.barrier()                                              # tear down together (gloo can abort otherwise)
     dist.destroy_process_group()
 
 

@@ -131,6 +131,7 @@ def _worker(rank, world, port, logits, q):
         sk = sinkhorn_knopp(part, 0.1)
         loss = DINOLoss(logits.shape[1]); loss.update_center(part)
         q.put((rank, sk, loss.center.clone()))
+        dist.barrier()                                          # tear down together (gloo can abort otherwise)
     finally:
         dist.destroy_process_group()
 
