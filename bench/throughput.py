@@ -10,17 +10,17 @@ same run (a 2048^3 matmul loop).
     python bench/throughput.py --device cuda --config full --batch 64   # VTP-L at 256 px, per-GPU micro-batch
     python bench/throughput.py --config demo --smoke  # the GPU code path at tiny size (runs on a CPU, for tests)
 
-FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and SDPA; elementwise ops are
-not counted), so "achieved FLOP/s" is model FLOP/s in the usual MFU sense.
+FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` via `vtp_nb.core.flop_counter` (matmuls, convolutions
+and SDPA, including the CPU attention kernels the stock registry misses; elementwise ops are not counted), so "achieved FLOP/s" is model FLOP/s in the usual MFU sense.
 """
 import argparse, contextlib, json, os, platform, sys, time
 from pathlib import Path
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
+from vtp_nb.core import flop_counter   # FlopCounterMode that also counts attention on CPUs
 
 # dense (no sparsity) bf16 tensor-core peaks per GPU, from the vendors' data sheets (FLOP/s)
 BF16_PEAK = {'H200': 989e12, 'H100 SXM': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 989e12,
@@ -50,8 +50,8 @@ def matmul_peak(dev, dtype=torch.float32, n:int=2048, reps:int=5) -> float:
 
 
 def timed(step, dev, warmup:int, iters:int) -> tuple:
-    "(FLOPs of one call counted by FlopCounterMode, median seconds per call)."
-    with FlopCounterMode(display=False) as fc: step()
+    "(FLOPs of one call counted by `flop_counter`, median seconds per call)."
+    with flop_counter() as fc: step()
     flops = fc.get_total_flops()
     for _ in range(warmup): step()
     ts = []
@@ -69,6 +69,38 @@ def shrink(cfg):
     cfg.data.image_size = 32
     cfg.train.batch_size, cfg.objective.batch_ssl, cfg.objective.batch_rec = 16, 4, 8
     return cfg
+
+
+CATEGORIES = (('matmul', ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm')),
+              ('attention (SDPA)', ('aten::_scaled_dot_product',)),
+              ('convolution', ('aten::mkldnn_convolution', 'aten::convolution_backward', 'aten::_convolution', 'aten::conv')),
+              ('optimiser + EMA (foreach)', ('aten::_foreach', 'aten::addcdiv', 'aten::addcmul', 'aten::lerp', 'aten::_fused_adamw')))
+
+
+def category(op:str) -> str:
+    for name, prefixes in CATEGORIES:
+        if op.startswith(prefixes): return name
+    return 'other (elementwise, norms, copies, indexing)'
+
+
+def breakdown(step, dev, iters:int=3) -> dict:
+    "Where a step's time goes: self time and counted FLOPs per op category (torch.profiler + FlopCounterMode)."
+    from torch.profiler import profile, ProfilerActivity
+    with flop_counter() as fc: step()
+    flops = {}
+    for op, n in fc.get_flop_counts().get('Global', {}).items():
+        c = category(f'aten::{getattr(op, "__name__", str(op)).split(".")[0]}')
+        flops[c] = flops.get(c, 0) + n
+    step(); sync(dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == 'cuda' else [])
+    with profile(activities=acts) as prof:
+        for _ in range(iters): step()
+        sync(dev)
+    secs = {}
+    for e in prof.key_averages():
+        t = (e.self_device_time_total if dev.type == 'cuda' else e.self_cpu_time_total) / 1e6 / iters
+        if t > 0: secs[category(e.key)] = secs.get(category(e.key), 0) + t
+    return dict(seconds=secs, flops=flops)
 
 
 def vtp_step(cfg, dev, amp:bool):
@@ -110,11 +142,14 @@ def teacher_step(model, cfg, dev, amp:bool):
     return step
 
 
-def plain_ae_step(dev, size:str='small_f4d16', batch:int=128):
-    "Reference: a plain ViT autoencoder (no VTP wrapper), L1 loss, AdamW, full step."
+def plain_ae_step(dev, size:str='small_f4d16', batch:int=128, width:int|None=None):
+    "Reference: a plain ViT autoencoder (no VTP wrapper), L1 loss, AdamW, full step (`width`: widen encoder and decoder)."
+    import dataclasses
     from vtp_nb.vit import VIT_SIZES, VisualTokenizer
     torch.manual_seed(0)
-    tok = VisualTokenizer(VIT_SIZES[size]()).to(dev).train()
+    c = VIT_SIZES[size]()
+    if width: c = dataclasses.replace(c, width=width, dec_width=width)
+    tok = VisualTokenizer(c).to(dev).train()
     opt = torch.optim.AdamW(tok.parameters(), lr=1e-4)
     x = torch.rand(batch, 3, 32, 32, device=dev) * 2 - 1
     def step():
@@ -133,6 +168,7 @@ def main(argv=None):
     ap.add_argument('--variants', default='ae,clip_ae,ssl_ae,vtp')
     ap.add_argument('--smoke', action='store_true', help='tiny sizes (tests the code path on a CPU)')
     ap.add_argument('--json', default=None, help='also write the numbers to this JSON file')
+    ap.add_argument('--profile', action='store_true', help='also break the VTP step down by op category (time share, FLOP/s)')
     a = ap.parse_args(argv)
     if a.device == 'cuda' and not torch.cuda.is_available(): sys.exit('--device cuda: no CUDA device here')
     dev = torch.device(a.device)
@@ -177,6 +213,15 @@ def main(argv=None):
         if v == 'vtp' or (v == 'ssl_ae' and 'vtp' not in a.variants):
             tf, tdt = timed(teacher_step(model, cfg, dev, amp), dev, a.warmup, a.iters)
             row('  teacher forward (no grad)', tf, tdt, None, f'{2 * cfg.objective.batch_ssl} global crops')
+        if a.profile and v == 'vtp':
+            bd = breakdown(step, dev)
+            tot = sum(bd['seconds'].values())
+            res['breakdown'] = dict(bd, total_seconds=tot)
+            print(f"  breakdown of the vtp step by op category (profiler self time; FLOP/s where FLOPs are counted):")
+            for c, t in sorted(bd['seconds'].items(), key=lambda kv: -kv[1]):
+                f = bd['flops'].get(c, 0)
+                rate = f"{f / t / 1e9:9.1f} GFLOP/s = {f / t / res['peak']:6.1%} of peak" if f else ''
+                print(f"    {c:45s} {t * 1e3:8.1f} ms {t / tot:6.1%} of the step  {rate}")
         del model, step
     if 'ae' in steps:
         base = steps['ae']
@@ -189,6 +234,10 @@ def main(argv=None):
         step, n_params, n_tok = plain_ae_step(dev, 'tiny' if a.smoke else 'small_f4d16', 16 if a.smoke else 128)
         flops, dt = timed(step, dev, a.warmup, a.iters)
         row(f'plain ViT AE reference', flops, dt, 16 if a.smoke else 128, f'{n_params / 1e6:.2f}M params, {n_tok} tokens, L1 + AdamW')
+        if not a.smoke:                                         # the issue's reference point: ~4.5M params, 64 tokens, B=128
+            step, n_params, n_tok = plain_ae_step(dev, 'small_f4d16', 128, width=256)
+            flops, dt = timed(step, dev, a.warmup, a.iters)
+            row(f'plain ViT AE, width 256', flops, dt, 128, f'{n_params / 1e6:.2f}M params, {n_tok} tokens, L1 + AdamW')
     if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
     return res
 

@@ -1,5 +1,5 @@
 "Tests for vtp_nb.dit_model and vtp_nb.dit: adaLN-Zero init, CFG null class, exact transport, latent stats, determinism, CLI."
-import os, json
+import os, sys, json, subprocess
 os.environ['HF_HUB_OFFLINE'] = '1'
 from dataclasses import asdict
 from pathlib import Path
@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from vtp_nb.core import set_seed, atomic_save, data_small_path
 from vtp_nb.dit_model import DiTConfig, DIT_SIZES, LightningDiT, DiTBlock
 from vtp_nb.dit import (GaussianMixture2D, ode_solve, sample_dit, extract_latents, load_latents, normalize_latents,
-                        denormalize_latents, train_dit, load_tokenizer, main, shift_time, flow_loss)
+                        denormalize_latents, train_dit, load_tokenizer, main, shift_time, flow_loss, LatentShards,
+                        StepSampler, plan_batch)
 
 torch.set_num_threads(1)
 SMALL = dict(in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=3)
@@ -160,7 +161,7 @@ def test_cli_extract_data_small(tmp_path):
 def test_paper_preset_is_selectable():
     from vtp_nb.dit import PRESETS, _parser
     p = PRESETS['paper']
-    assert (p['size'], p['lr'], p['beta2'], p['batch_size'], p['ema_decay'], p['sample_steps']) == ('B', 2e-4, 0.95, 1024, 0.9999, 250)
+    assert (p['size'], p['lr'], p['beta2'], p['global_batch'], p['ema_decay'], p['sample_steps']) == ('B', 2e-4, 0.95, 1024, 0.9999, 250)
     assert _parser().parse_args(['train', '--latents', 'x', '--out', 'y', '--preset', 'paper']).preset == 'paper'
 
 
@@ -176,3 +177,90 @@ def test_extract_from_image_folder_dataset(tmp_path):
     st = extract_latents(_Tok(), ds, tmp_path / 'lat', batch_size=4, pbar=False)
     z, y, _ = load_latents(tmp_path / 'lat')
     assert z.shape == (12, 6, 2, 2) and st['num_classes'] == 2 and y.tolist() == [0, 0, 0, 1, 1, 1] * 2
+
+
+def _latent_dir(path, n=64, shard_size=24):
+    "A latent folder from the random test tokenizer: n images (+ flips) in several shards."
+    set_seed(0)
+    imgs, labs = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8), torch.arange(n) % 3
+    extract_latents(_Tok(), (imgs, labs), path, flip=True, batch_size=16, shard_size=shard_size, pbar=False)
+    return path
+
+
+def test_latent_shards_are_memory_mapped_and_match_load_latents(tmp_path):
+    ds = LatentShards(_latent_dir(tmp_path))
+    z, y, st = load_latents(tmp_path)
+    assert len(ds) == 128 and len(ds.paths) == 4 and ds.latent_shape == (6, 2, 2) and ds.nbytes == z.numel() * 4
+    import numpy as np
+    assert all(isinstance(m, np.memmap) for m in ds.latents)
+    idx = torch.tensor([127, 0, 50, 50, 3, 96])
+    zb, yb = ds.batch(idx)
+    assert torch.equal(zb, normalize_latents(z, st)[idx]) and torch.equal(yb, y[idx])
+    with pytest.raises(FileNotFoundError, match='extract'): LatentShards(tmp_path / 'nope')
+
+
+def test_step_sampler_epochs_and_ranks():
+    s = StepSampler(20, batch_size=3, grad_accum=2, world=2, seed=1)
+    assert s.steps_per_epoch == 1  # 12 per step, ragged 8 dropped
+    parts = [s.indices(0, a, r) for a in range(2) for r in range(2)]
+    flat = torch.cat(parts)
+    assert len(set(flat.tolist())) == 12 and torch.equal(flat, s.perm(0)[:12])  # disjoint slices of one permutation
+    assert not torch.equal(s.indices(1, 0, 0), s.indices(0, 0, 0))  # next epoch: a new permutation
+    assert torch.equal(StepSampler(20, 3, 2, 2, seed=1).indices(1, 1, 1), s.indices(1, 1, 1))  # a pure function of the step
+    with pytest.raises(ValueError, match='exceeds'): StepSampler(10, 3, 2, 2)
+
+
+def test_grad_accum_equals_one_big_batch():
+    set_seed(0)
+    cfg = DiTConfig(**SMALL, class_dropout=0.)
+    z, y = torch.randn(64, 4, 2, 2), torch.randint(0, 3, (64,))
+    a = train_dit(cfg, z, y, steps=4, batch_size=8, grad_accum=4, lr=1e-3, pbar=False)
+    b = train_dit(cfg, z, y, steps=4, batch_size=32, lr=1e-3, pbar=False)
+    for k, v in a['model'].state_dict().items(): torch.testing.assert_close(v, b['model'].state_dict()[k], atol=1e-5, rtol=1e-4)
+    assert abs(a['history'][-1]['loss'] - b['history'][-1]['loss']) < 1e-5
+    c = train_dit(cfg, z, y, steps=4, batch_size=8, lr=1e-3, pbar=False)  # a smaller batch really is different
+    assert not torch.allclose(c['model'].state_dict()['final_layer.linear.weight'], b['model'].state_dict()['final_layer.linear.weight'], atol=1e-5)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    "2N steps in one go equal N steps + resume + N steps (data order, noise and label dropout all continue)."
+    lat = _latent_dir(tmp_path / 'lat')
+    args = ['train', '--latents', str(lat), '--size', 'tiny', '--batch-size', '16', '--grad-accum', '2', '--no-progress']
+    main(args + ['--steps', '6', '--out', str(tmp_path / 'a')])
+    main(args + ['--steps', '3', '--out', str(tmp_path / 'b')])
+    main(args + ['--steps', '3', '--out', str(tmp_path / 'b'), '--resume'])
+    ka, kb = (torch.load(tmp_path / r / 'dit.pt', weights_only=False) for r in 'ab')
+    assert ka['step'] == kb['step'] == 6 and ka['train_args']['grad_accum'] == 2
+    for k, v in ka['model'].items(): torch.testing.assert_close(v, kb['model'][k], atol=1e-6, rtol=1e-5)
+    for k, v in ka['ema'].items(): torch.testing.assert_close(v, kb['ema'][k], atol=1e-6, rtol=1e-5)
+
+
+def test_plan_batch_splits_the_global_batch():
+    assert plan_batch(1024, world=1, batch_size=256) == (256, 4)
+    assert plan_batch(1024, world=8, batch_size=256) == (128, 1)
+    assert plan_batch(1024, world=2, batch_size=256) == (256, 2)
+    assert plan_batch(1024, world=8, batch_size=64, fixed=True) == (64, 2)
+    assert plan_batch(1024, world=1, grad_accum=8) == (128, 8)
+    assert plan_batch(None, world=4, batch_size=32) == (32, 1)
+    with pytest.raises(ValueError, match='divisible'): plan_batch(1024, world=3)
+    with pytest.raises(ValueError, match='multiple'): plan_batch(1024, world=1, batch_size=300, fixed=True)
+
+
+def test_cli_paper_plan(tmp_path, capsys):
+    lat = _latent_dir(tmp_path / 'lat', n=600, shard_size=500)
+    plan = main(['train', '--latents', str(lat), '--out', str(tmp_path / 'run'), '--preset', 'paper', '--plan', '--device', 'cpu'])
+    assert (plan['model'], plan['batch_size'], plan['grad_accum'], plan['global_batch']) == ('LightningDiT-B', 256, 4, 1024)
+    assert (plan['lr'], plan['beta2'], plan['ema_decay'], plan['bf16'], plan['shards']) == (2e-4, 0.95, 0.9999, False, 3)
+    assert 'global batch 1024' in capsys.readouterr().out and not (tmp_path / 'run').exists()
+
+
+def test_torchrun_two_cpu_processes_ddp(tmp_path):
+    lat = _latent_dir(tmp_path / 'lat')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'vtp_nb.dit', 'train',
+                        '--latents', str(lat), '--size', 'tiny', '--steps', '2', '--batch-size', '8', '--global-batch', '32',
+                        '--out', str(tmp_path / 'run'), '--no-progress'], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert 'world 2 x micro-batch 8 x accum 2 = global batch 32' in r.stdout
+    ck = torch.load(tmp_path / 'run' / 'dit.pt', weights_only=False)
+    assert ck['step'] == 2 and len(ck['rng']) == 2 and ck['train_args']['world'] == 2

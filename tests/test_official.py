@@ -252,3 +252,46 @@ def test_official_names_carry_official_semantics():
         h = t.ln_final(t.transformer(t.token_embedding(tokens) + t.positional_embedding, attn_mask=t.attn_mask))
         pooled = h[torch.arange(1), tokens.argmax(-1)]                             # EOT token
         torch.testing.assert_close(t(tokens), pooled @ off['text_projection'])     # official: x @ P, P stored [width, embed]
+
+# ---------- starting training from an official folder (vtp_nb.train.init_weights) ----------
+
+RUN_SET = ['model.patch_size=16', 'model.width=64', 'model.depth=1', 'model.heads=2', 'model.dec_width=32', 'model.dec_depth=1',
+           'model.dec_heads=2', 'clip.text.width=32', 'clip.text.embed_dim=32', 'clip.text.layers=1', 'clip.text.heads=2',
+           'clip.loss=siglip', 'ssl.out_dim=64', 'ssl.hidden_dim=32', 'ssl.bottleneck_dim=16']
+
+def test_init_weights_parts_present_absent_and_unused(tmp_path):
+    "SigLIP parts arrive; a tokenizer-only release leaves CLIP at its init; a run without CLIP ignores the checkpoint's CLIP."
+    from vtp_nb.train import make_config, apply_overrides, init_weights
+    from vtp_nb.vtp import build_vtp
+    cfg = apply_overrides(make_config('small'), RUN_SET)
+    torch.manual_seed(0); src = build_vtp(cfg)
+    with torch.no_grad():
+        for p in [*src.tokenizer.parameters(), *src.clip.parameters()]: p.add_(torch.randn_like(p) * 0.05)
+    full, tok_only = export_official(tmp_path/'full', src.tokenizer, src.clip), export_official(tmp_path/'tok', src.tokenizer)
+    assert json.loads((full/'config.json').read_text())['init_logit_bias'] is not None
+    torch.manual_seed(1); m = build_vtp(cfg)
+    info = init_weights(m, cfg, full)
+    torch.testing.assert_close(m.clip.logit_bias, src.clip.logit_bias)
+    torch.testing.assert_close(m.clip.text.text_projection, src.clip.text.text_projection)
+    assert info['left'] == ['ssl heads and centres (DINO/iBOT)', 'EMA teacher (re-synchronised from the loaded student)']
+    torch.manual_seed(1); ref = build_vtp(cfg).clip.state_dict()                  # what a fresh run initialises
+    torch.manual_seed(1); m = build_vtp(cfg)
+    info = init_weights(m, cfg, tok_only)
+    assert 'clip (not in the checkpoint)' in info['left'] and len(info['loaded']) == 1
+    for k, v in m.clip.state_dict().items(): assert torch.equal(v, ref[k]), k
+    torch.testing.assert_close(m.tokenizer.patch_embed.weight, src.tokenizer.patch_embed.weight)
+    ae = apply_overrides(make_config('small'), RUN_SET + ['objective.variant=ae'])
+    info = init_weights(build_vtp(ae), ae, full)
+    assert info['unused'] == ['clip (this run has no CLIP term)'] and info['left'] == []
+
+def test_init_weights_refuses_other_text_tower_and_unknown_names(tmp_path):
+    from vtp_nb.train import make_config, apply_overrides, init_weights, ConfigError
+    from vtp_nb.vtp import build_vtp
+    cfg = apply_overrides(make_config('small'), RUN_SET)
+    folder = export_official(tmp_path/'f', *[getattr(build_vtp(cfg), k) for k in ('tokenizer', 'clip')])
+    other = apply_overrides(make_config('small'), RUN_SET + ['clip.text.layers=2', 'clip.loss=clip'])
+    with pytest.raises(ConfigError, match=r"clip.text.layers: checkpoint 1, this run 2[\s\S]*clip.loss: checkpoint 'siglip'"):
+        init_weights(build_vtp(other), other, folder)
+    sd = load_file(str(folder/'model.safetensors')); sd['trunk.extra_thing'] = torch.zeros(1)
+    save_file(sd, str(folder/'model.safetensors'))
+    with pytest.raises(ConfigError, match='trunk.extra_thing'): init_weights(build_vtp(cfg), cfg, folder)

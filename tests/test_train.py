@@ -147,3 +147,87 @@ def test_imagefolder_workers_give_the_same_batches(tmp_path):
     for step in (0, 1, 2, 7, 8):
         (a, ta), (b, tb) = serial.batch(step), par.batch(step)
         assert torch.equal(a, b) and torch.equal(ta, tb) and a.shape == (4, 3, 32, 32)
+
+def test_max_images_trains_on_a_fixed_nested_subset(data_root):
+    "data.max_images: the same images whatever train.seed, nested as it grows, captions still aligned with their images."
+    a, b = T.subset_indices(5000, 300), T.subset_indices(5000, 1000)
+    assert len(a) == 300 and set(a.tolist()) <= set(b.tolist()) and T.subset_indices(5000, 0) is None
+    cfg = T.apply_overrides(T.make_config('small'), [f'data.path={data_root}', 'data.max_images=20', 'train.batch_size=8', 'train.seed=3'])
+    d = T.StepData(cfg)
+    keep = T.subset_indices(len(d.ds), 20)
+    assert d.n == 20 and 'subset of 20' in d.desc
+    tok = T.get_tokenizer(cfg.clip.text.context_length)
+    seen = set()
+    for step in range(10):
+        x, t = d.batch(step)
+        idx = T.step_indices(20, 8, step, 3, 0, 1)
+        torch.testing.assert_close(x, d.ds.to_float(keep[idx]))
+        assert torch.equal(t, tok([d.ds.captions[i] for i in keep[idx].tolist()]))
+        seen |= set(keep[idx].tolist())
+    assert seen <= set(keep.tolist())
+    with pytest.raises(T.ConfigError, match='data.max_images'):
+        T.validate(T.apply_overrides(T.make_config('small'), ['data.max_images=-1']))
+
+# ---------- starting a new run from official-layout weights (train.init_from / --init-official) ----------
+
+INIT = ['model.width=64', 'model.patch_size=16', 'clip.text.embed_dim=32']  # TINY + these: a shape the official layout can express
+
+def official_folder(root, seed=1):
+    "A tiny run-shaped model, perturbed away from its init, exported in the official VTPModel layout."
+    from vtp_nb.official import export_official
+    cfg = T.apply_overrides(T.make_config('small'), TINY + INIT)
+    torch.manual_seed(seed)
+    m = T.build_vtp(cfg)
+    with torch.no_grad():
+        for p in [*m.tokenizer.parameters(), *m.clip.parameters()]: p.add_(torch.randn_like(p) * 0.05)
+    return export_official(Path(root)/'official', m.tokenizer, m.clip), m
+
+def test_cli_init_official_starts_from_the_exported_weights(tmp_path, data_root):
+    "One step at lr 1e-12: the checkpoint holds the exported tokenizer and CLIP weights, and the teacher equals the student."
+    folder, src = official_folder(tmp_path)
+    out = tmp_path/'run'
+    r = cli('--scale', 'small', '--steps', '1', '--out', str(out), '--init-official', str(folder), '--set', *TINY, *INIT,
+            f'data.path={data_root}', 'optim.lr=1e-12', 'optim.min_lr=1e-12')
+    assert r.returncode == 0, r.stderr
+    assert 'official VTPModel): loaded tokenizer' in r.stdout and 'EMA teacher (re-synchronised' in r.stdout, r.stdout
+    ck = T.load_checkpoint(out)
+    assert ck['config']['train']['init_from'] == str(folder)
+    for k, v in src.tokenizer.state_dict().items(): torch.testing.assert_close(ck['model'][k], v, atol=1e-5, rtol=1e-5)
+    for k, v in src.clip.state_dict().items(): torch.testing.assert_close(ck['clip'][k], v, atol=1e-5, rtol=1e-5)
+    for k, v in ck['teacher'].items():
+        if k.startswith('tokenizer.'): torch.testing.assert_close(v, ck['model'][k[len('tokenizer.'):]], atol=1e-5, rtol=1e-5)
+    fresh = T.build_vtp(T.apply_overrides(T.make_config('small'), TINY + INIT)).tokenizer.state_dict()   # without init: far off
+    assert not torch.allclose(ck['model']['blocks.0.attn.qkv.weight'], fresh['blocks.0.attn.qkv.weight'], atol=1e-3)
+
+def test_init_official_mismatch_names_the_fields(tmp_path, data_root):
+    folder, _ = official_folder(tmp_path)
+    r = cli('--scale', 'small', '--steps', '1', '--out', str(tmp_path/'run'), '--init-official', str(folder), '--set', *TINY,
+            'model.patch_size=16', 'clip.text.embed_dim=32', f'data.path={data_root}')   # width 32 instead of 64
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
+    assert 'model.width: checkpoint 64, this run 32' in r.stderr and '--set model.width=64' in r.stderr, r.stderr
+    assert T.init_overrides(folder, T.apply_overrides(T.make_config('small'), TINY + INIT)) == []
+    assert 'model.width=64' in T.init_overrides(folder)
+
+def test_init_from_missing_tensor_or_path_is_an_error(tmp_path, data_root):
+    from safetensors.torch import load_file, save_file
+    folder, _ = official_folder(tmp_path)
+    cfg = tiny_cfg(tmp_path/'run', data_root, *INIT, f'train.init_from={folder}', 'train.steps=1')
+    sd = load_file(str(folder/'model.safetensors')); del sd['trunk.blocks.0.attn.proj.bias']
+    save_file(sd, str(folder/'model.safetensors'))
+    with pytest.raises(T.ConfigError, match=r"tokenizer: .*missing \['blocks.0.attn.proj.bias'\]"):
+        T.train(cfg, log=lambda *_: None)
+    cfg.train.init_from = str(tmp_path/'nowhere')
+    with pytest.raises(T.ConfigError, match='does not exist'): T.train(cfg, log=lambda *_: None)
+
+def test_resume_ignores_init_from(tmp_path, data_root):
+    "Resume restores everything from our checkpoint: init_from is not read again (here it no longer exists)."
+    folder, _ = official_folder(tmp_path)
+    cfg = lambda: tiny_cfg(tmp_path/'run', data_root, *INIT, f'train.init_from={folder}', 'train.steps=2')
+    logs = []
+    T.train(T.apply_overrides(cfg(), ['train.stop_at=1']), log=logs.append)
+    assert any('loaded tokenizer' in l for l in logs)
+    shutil.rmtree(folder)
+    logs.clear()
+    res = T.train(cfg(), resume=True, log=logs.append)
+    assert res['step'] == 2 and T.load_checkpoint(tmp_path/'run')['step'] == 2
+    assert any('ignored: resuming' in l for l in logs) and not any('loaded tokenizer' in l for l in logs)

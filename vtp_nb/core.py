@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'set_threads', 'from_uint8', 'to_uint8', 'show_images', 'atomic_save', 'atomic_write_text',
-           'repo_root', 'data_small_path', 'count_params', 'fmt_count']
+           'repo_root', 'data_small_path', 'count_params', 'fmt_count', 'flop_counter']
 
 # %% ../nbs/00_core.ipynb #66ad8cb9
 def set_seed(seed:int # seed for python, numpy and torch (all devices)
@@ -108,3 +108,14 @@ def fmt_count(n:float) -> str:
     for div, unit in ((1e9, 'B'), (1e6, 'M'), (1e3, 'k')):
         if abs(n) >= div: return f'{n/div:.1f}{unit}'
     return str(int(n))
+
+# %% ../nbs/00_core.ipynb #a135d60b
+def flop_counter(**kwargs):
+    "`FlopCounterMode(display=False)` that also counts attention on CPUs (the CPU flash-attention kernels, forward and backward)."
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count, sdpa_backward_flop_count
+    def fwd(q, k, v, *args, out_shape=None, **kw): return sdpa_flop_count(q, k, v)           # shapes (B, h, L, D)
+    def bwd(g, q, k, v, *args, out_shape=None, **kw): return sdpa_backward_flop_count(g, q, k, v)
+    aten, extra = torch.ops.aten, {}
+    for name, f in (('_scaled_dot_product_flash_attention_for_cpu', fwd), ('_scaled_dot_product_flash_attention_for_cpu_backward', bwd)):
+        if hasattr(aten, name): extra[getattr(aten, name)] = f
+    return FlopCounterMode(display=kwargs.pop('display', False), custom_mapping={**extra, **kwargs.pop('custom_mapping', {})}, **kwargs)

@@ -4,10 +4,10 @@
 
 # %% ../nbs/11_flow.ipynb #1e021c9c
 from __future__ import annotations
-import argparse, copy, json, math, sys, time
+import argparse, contextlib, copy, json, math, os, sys, time
 from dataclasses import asdict
 from pathlib import Path
-import torch
+import numpy as np, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
@@ -19,8 +19,8 @@ from .vit import load_tokenizer
 # %% auto #0
 __all__ = ['STATS_FILE', 'PRESETS', 'sample_t', 'interpolate', 'flow_loss', 'ema_decay_at', 'ema_update', 'shift_time',
            'time_grid', 'guided_velocity', 'ode_solve', 'sample_dit', 'GaussianMixture2D', 'toy_velocity_fit',
-           'extract_latents', 'load_latents', 'normalize_latents', 'denormalize_latents', 'train_dit', 'save_dit',
-           'load_dit', 'sample_images', 'main']
+           'extract_latents', 'load_latents', 'normalize_latents', 'denormalize_latents', 'LatentShards', 'plan_batch',
+           'StepSampler', 'train_dit', 'save_dit', 'load_dit', 'sample_images', 'main']
 
 # %% ../nbs/11_flow.ipynb #63061f1d
 def sample_t(n:int, # number of times
@@ -44,10 +44,12 @@ def flow_loss(model:nn.Module, # velocity net v(x_t, t, y)
               y:Tensor|None, # (B,) labels (label dropout happens inside the model)
               t_mu:float=0., t_sigma:float=1., # logit-normal time distribution
               cos_weight:float=1., # lambda_cos
-              generator:torch.Generator|None=None):
+              generator:torch.Generator|None=None,
+              x0:Tensor|None=None, t:Tensor|None=None # given noise (B, C, H, W) and times (B,); default: drawn here
+             ):
     "Flow-matching loss: MSE + cos_weight * (1 - cosine over channels); returns (loss, parts dict)."
-    x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-    t = sample_t(x1.shape[0], t_mu, t_sigma, generator=generator, device=x1.device)
+    if x0 is None: x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+    if t is None: t = sample_t(x1.shape[0], t_mu, t_sigma, generator=generator, device=x1.device)
     xt, target = interpolate(x0, x1, t)
     v = model(xt, t, y).float()  # (B, C, H, W)
     mse = F.mse_loss(v, target)
@@ -259,22 +261,131 @@ def denormalize_latents(z:Tensor, stats:dict, eps:float=1e-6) -> Tensor:
     "Inverse of `normalize_latents`: DiT samples back to tokenizer latents."
     return z * (_stat(stats, 'std', z) + eps) + _stat(stats, 'mean', z)
 
+# %% ../nbs/11_flow.ipynb #2e78e171
+_NP_DTYPES = {'F64': np.float64, 'F32': np.float32, 'F16': np.float16, 'I64': np.int64, 'I32': np.int32, 'U8': np.uint8}
+
+def _safetensors_memmap(path) -> dict:
+    "Memory-map every tensor of a safetensors file as a read-only numpy array (nothing is read yet)."
+    with open(path, 'rb') as f:
+        n = int.from_bytes(f.read(8), 'little'); header = json.loads(f.read(n))
+    out = {}
+    for name, info in header.items():
+        if name == '__metadata__': continue
+        if info['dtype'] not in _NP_DTYPES: raise TypeError(f"{path}: tensor {name!r} has dtype {info['dtype']}, not one of {list(_NP_DTYPES)}")
+        begin, _ = info['data_offsets']
+        out[name] = np.memmap(path, dtype=_NP_DTYPES[info['dtype']], mode='r', offset=8 + n + begin, shape=tuple(info['shape']))
+    return out
+
+class LatentShards(torch.utils.data.Dataset):
+    "Map-style dataset over a latent folder: shards are memory-mapped, a batch reads only its own rows."
+    def __init__(self, latent_dir, # folder written by `extract_latents` (shard_*.safetensors + latent_stats.json)
+                 normalize:bool=True): # return (z - mean) / std, what the DiT trains on
+        self.dir = Path(latent_dir)
+        if not (self.dir / STATS_FILE).exists(): raise FileNotFoundError(f'no {STATS_FILE} in {self.dir}: run `python -m vtp_nb.dit extract` first')
+        self.stats, self.normalize = json.loads((self.dir / STATS_FILE).read_text()), normalize
+        self.paths = sorted(self.dir.glob('shard_*.safetensors'))
+        if not self.paths: raise FileNotFoundError(f'no shard_*.safetensors in {self.dir}')
+        maps = [_safetensors_memmap(p) for p in self.paths]
+        self.latents = [m['latents'] for m in maps]  # memmaps, (n_s, C, H, W) each
+        self.labels = torch.cat([torch.from_numpy(np.array(m['labels'])).long() for m in maps])  # (N,): 8 bytes a latent, kept in RAM
+        self.offsets = torch.tensor([0] + [len(z) for z in self.latents]).cumsum(0)  # shard s holds [offsets[s], offsets[s+1])
+        self.latent_shape = tuple(self.latents[0].shape[1:])
+
+    def __len__(self): return int(self.offsets[-1])
+    @property
+    def nbytes(self) -> int: return sum(z.nbytes for z in self.latents)  # on disk; not resident
+
+    def batch(self, idx:Tensor # (B,) global indices, any order, repeats allowed
+             ) -> tuple[Tensor, Tensor]:
+        "Latents (B, C, H, W) float32 and labels (B,) for the given indices."
+        idx = torch.as_tensor(idx).long().cpu()
+        shard = torch.searchsorted(self.offsets, idx, right=True) - 1  # (B,)
+        z = torch.empty(len(idx), *self.latent_shape)
+        for s in shard.unique().tolist():
+            sel = (shard == s).nonzero()[:, 0]
+            z[sel] = torch.from_numpy(self.latents[s][(idx[sel] - self.offsets[s]).numpy()].astype(np.float32))  # copies only these rows
+        return (normalize_latents(z, self.stats) if self.normalize else z), self.labels[idx]
+
+    def __getitem__(self, i:int):
+        z, y = self.batch(torch.tensor([i]))
+        return z[0], y[0]
+
 # %% ../nbs/11_flow.ipynb #128977a5
-PRESETS = {
-    'cpu': dict(size='tiny', lr=2e-4, beta2=0.95, batch_size=256, ema_decay=0.999, sample_steps=50, method='euler'),
-    'paper': dict(size='B', lr=2e-4, beta2=0.95, batch_size=1024, ema_decay=0.9999, sample_steps=250, method='euler'),
+PRESETS = {  # batch_size: per-process micro-batch (upper bound); global_batch: per optimiser step, over all processes
+    'cpu': dict(size='tiny', lr=2e-4, beta2=0.95, batch_size=256, global_batch=None, ema_decay=0.999, sample_steps=50, method='euler'),
+    'paper': dict(size='B', lr=2e-4, beta2=0.95, batch_size=256, global_batch=1024, ema_decay=0.9999, sample_steps=250, method='euler'),
 }
 
+def plan_batch(global_batch:int|None, # latents per optimiser step over all processes; None: batch_size x grad_accum x world
+               world:int=1, # number of processes (GPUs)
+               batch_size:int=256, # per-process micro-batch (an upper bound when `fixed` is False)
+               grad_accum:int|None=None, # micro-batches per step; None: derived
+               fixed:bool=False # True: `batch_size` was asked for explicitly, do not shrink it
+              ) -> tuple[int, int]:
+    "Per-process micro-batch and accumulation steps with micro x accum x world = global batch: (batch_size, grad_accum)."
+    if global_batch is None: return batch_size, grad_accum or 1
+    if global_batch % world: raise ValueError(f'global batch {global_batch} is not divisible by {world} processes')
+    per_proc = global_batch // world
+    if grad_accum is not None:
+        if per_proc % grad_accum: raise ValueError(f'{per_proc} latents per process do not split into {grad_accum} micro-batches')
+        return per_proc // grad_accum, grad_accum
+    if not fixed: batch_size = min(batch_size, per_proc)
+    if per_proc % batch_size: raise ValueError(f'{per_proc} latents per process are not a multiple of micro-batch {batch_size}')
+    return batch_size, per_proc // batch_size
+
+class StepSampler:
+    "Indices of micro-batch `micro` of optimiser `step` on `rank`: seeded epoch permutations, a pure function of the step."
+    def __init__(self, n:int, # dataset size
+                 batch_size:int, grad_accum:int=1, world:int=1, seed:int=0):
+        self.n, self.bs, self.accum, self.world, self.seed = n, batch_size, grad_accum, world, seed
+        self.per_step = batch_size * grad_accum * world  # global batch
+        if self.per_step > n: raise ValueError(f'global batch {self.per_step} exceeds the {n} latents')
+        self.steps_per_epoch = n // self.per_step  # drop the ragged end of each epoch
+        self._epoch, self._g, self._perm = -1, None, None
+
+    def perm(self, epoch:int) -> Tensor:
+        "The permutation of epoch `epoch`: the (epoch+1)-th draw of one generator seeded `seed`."
+        if epoch < self._epoch: self._epoch, self._g = -1, None  # going back: replay from the start
+        if self._g is None: self._g = torch.Generator().manual_seed(self.seed)
+        while self._epoch < epoch: self._perm, self._epoch = torch.randperm(self.n, generator=self._g), self._epoch + 1
+        return self._perm
+
+    def indices(self, step:int, micro:int=0, rank:int=0) -> Tensor:
+        "(batch_size,) dataset indices."
+        epoch, k = divmod(step, self.steps_per_epoch)
+        start = k * self.per_step + (micro * self.world + rank) * self.bs
+        return self.perm(epoch)[start:start + self.bs]
+
+def _dist_info() -> tuple[int, int]:
+    "(rank, world size); (0, 1) outside torch.distributed."
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+def _rng_state(gd:torch.Generator, device) -> dict:
+    return {'noise': gd.get_state(), 'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state(device) if device.type == 'cuda' else None}
+
 def train_dit(cfg:DiTConfig, # model config (in_channels, num_classes must match the latents)
-              latents:Tensor, # (N, C, H, W) NORMALISED latents
-              labels:Tensor, # (N,) class labels
-              steps:int, batch_size:int=256, lr:float=2e-4, beta2:float=0.95, weight_decay:float=0.,
+              latents, # (N, C, H, W) NORMALISED latents, or a `LatentShards` / latent folder (normalised on the fly)
+              labels:Tensor|None, # (N,) class labels; None with a `LatentShards` / folder
+              steps:int, # optimiser steps to take (from the resumed step)
+              batch_size:int=256, # per-process micro-batch
+              lr:float=2e-4, beta2:float=0.95, weight_decay:float=0.,
               grad_clip:float=1., ema_decay:float=0.999, t_mu:float=0., t_sigma:float=1., cos_weight:float=1.,
               seed:int=0, device=None, log_every:int=50, pbar:bool=True,
-              state:dict|None=None # resume from a checkpoint dict (model, ema, opt, step)
+              state:dict|None=None, # resume from a checkpoint dict (model, ema, opt, step, rng)
+              grad_accum:int=1, # micro-batches per optimiser step: global batch = batch_size x grad_accum x world
+              ckpt_every:int=0, ckpt_fn=None # call ckpt_fn(result) every ckpt_every steps (on every rank; save on rank 0)
              ) -> dict:
-    "Flow-matching training of a LightningDiT; returns dict(model, ema, opt, step, history)."
+    "Flow-matching training of a LightningDiT (DDP when torch.distributed is initialised); returns dict(model, ema, opt, step, history, rng)."
+    if isinstance(latents, (str, Path)): latents = LatentShards(latents)
+    shards = isinstance(latents, LatentShards)
+    if not shards and labels is None: raise ValueError('labels are required with a latent tensor')
+    fetch = latents.batch if shards else (lambda i: (latents[i.to(latents.device)], labels[i.to(labels.device)]))
+    if not shards: labels = labels.long()  # latents stay where they are (CPU for big sets); each batch is moved to the device
+    rank, world = _dist_info()
     device = get_device(device); set_seed(seed)
+    if device.type == 'cuda' and device.index is None: device = torch.device('cuda', torch.cuda.current_device())
     model = LightningDiT(cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
@@ -283,36 +394,53 @@ def train_dit(cfg:DiTConfig, # model config (in_channels, num_classes must match
         model.load_state_dict(state['model']); ema.load_state_dict(state['ema'])
         if 'opt' in state: opt.load_state_dict(state['opt'])
         start, history = state.get('step', 0), list(state.get('history', []))
-    labels = labels.long()  # latents stay where they are (CPU for big sets); each batch is moved to the device
-    g = torch.Generator().manual_seed(seed + start)
-    gd = torch.Generator(device=device).manual_seed(seed + start + 1)  # noise and times
-    use_bf16 = device.type == 'cuda'
-    perm, pos, bs = torch.randperm(len(latents), generator=g), 0, min(batch_size, len(latents))
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) if world > 1 else model
+    bs = min(batch_size, len(latents) // (grad_accum * world))
+    sampler = StepSampler(len(latents), bs, grad_accum, world, seed)
+    gd = torch.Generator(device=device).manual_seed(seed + start + 1 + 1000 * rank)  # noise and times, one stream per rank
+    if rank: torch.manual_seed(seed + 1000 * rank)  # label dropout differs between ranks
+    rng = (state or {}).get('rng')
+    if rng is not None and len(rng) == world:  # exact resume: continue every rank's random streams
+        gd.set_state(rng[rank]['noise']); torch.set_rng_state(rng[rank]['torch'])
+        if rng[rank].get('cuda') is not None and device.type == 'cuda': torch.cuda.set_rng_state(rng[rank]['cuda'], device)
+    use_bf16 = device.type == 'cuda'  # bf16 autocast on GPUs only, never on CPU
+    shape = latents.latent_shape if shards else tuple(latents.shape[1:])  # (C, H, W)
+    def result(step):
+        states = [_rng_state(gd, device)]
+        if world > 1:
+            states = [None] * world; torch.distributed.all_gather_object(states, _rng_state(gd, device))
+        return {'model': model, 'ema': ema, 'opt': opt, 'step': step, 'history': history, 'rng': states}
     model.train(); t0 = time.time(); run = {'loss': 0., 'mse': 0., 'cos': 0.}; n_run = 0
     it = range(start, start + steps)
-    for step in (progress_bar(it) if pbar else it):
-        if pos + bs > len(perm): perm, pos = torch.randperm(len(latents), generator=g), 0
-        idx = perm[pos:pos + bs].to(latents.device); pos += bs
-        x1, y = latents[idx].to(device, non_blocking=True), labels[idx.to(labels.device)].to(device)
-        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_bf16):
-            loss, parts = flow_loss(model, x1, y, t_mu, t_sigma, cos_weight, generator=gd)
-        if not torch.isfinite(loss): raise FloatingPointError(f'non-finite loss {loss.item()} at step {step}')
-        opt.zero_grad(set_to_none=True); loss.backward()
+    for step in (progress_bar(it) if pbar and rank == 0 else it):
+        # noise and times for all micro-batches at once, so accumulation reproduces one big batch exactly
+        x0 = torch.randn((grad_accum * bs, *shape), generator=gd, device=device)  # (A*b, C, H, W)
+        ts = sample_t(grad_accum * bs, t_mu, t_sigma, generator=gd, device=device)  # (A*b,)
+        for a in range(grad_accum):
+            x1, y = fetch(sampler.indices(step, a, rank))
+            x1, y = x1.to(device, non_blocking=True), y.to(device)  # (b, C, H, W), (b,)
+            sync = world == 1 or a == grad_accum - 1  # DDP all-reduces gradients on the last micro-batch only
+            with (contextlib.nullcontext() if sync else net.no_sync()):
+                with torch.autocast('cuda', dtype=torch.bfloat16, enabled=use_bf16):
+                    loss, parts = flow_loss(net, x1, y, t_mu, t_sigma, cos_weight, x0=x0[a * bs:(a + 1) * bs], t=ts[a * bs:(a + 1) * bs])
+                if not torch.isfinite(loss): raise FloatingPointError(f'non-finite loss {loss.item()} at step {step}')
+                (loss / grad_accum).backward()  # mean over micro-batches = the big batch's mean loss
+            for k in run: run[k] += parts[k] / grad_accum
         if grad_clip: torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step(); ema_update(ema, model, ema_decay_at(step, ema_decay))
-        for k in run: run[k] += parts[k]
+        opt.step(); opt.zero_grad(set_to_none=True); ema_update(ema, model, ema_decay_at(step, ema_decay))
         n_run += 1
         if (step + 1) % log_every == 0 or step == start + steps - 1:
             history.append({'step': step + 1, **{k: v / n_run for k, v in run.items()}, 'sec': round(time.time() - t0, 1)})
             run = {k: 0. for k in run}; n_run = 0
-    return {'model': model, 'ema': ema, 'opt': opt, 'step': start + steps, 'history': history}
+        if ckpt_fn is not None and ckpt_every and (step + 1) % ckpt_every == 0 and step < start + steps - 1: ckpt_fn(result(step + 1))
+    return result(start + steps)
 
 # %% ../nbs/11_flow.ipynb #e21995fd
 def save_dit(path, result:dict, cfg:DiTConfig, stats:dict, extra:dict|None=None) -> Path:
-    "Write a DiT checkpoint (config, model, ema, opt, step, history, latent stats)."
+    "Write a DiT checkpoint (config, model, ema, opt, step, history, per-rank RNG states, latent stats)."
     return atomic_save({'config': asdict(cfg), 'model': result['model'].state_dict(), 'ema': result['ema'].state_dict(),
                         'opt': result['opt'].state_dict(), 'step': result['step'], 'history': result['history'],
-                        'stats': stats, **(extra or {})}, path)
+                        'rng': result.get('rng'), 'stats': stats, **(extra or {})}, path)
 
 def load_dit(path, use_ema:bool=True, device='cpu') -> tuple[LightningDiT, dict]:
     "Load a DiT checkpoint (file or folder holding dit.pt): (model in eval mode, checkpoint dict)."
@@ -358,11 +486,15 @@ def _parser():
     e.add_argument('--device', default=None); e.add_argument('--workers', type=int, default=0, help='DataLoader workers (image folders)')
     t = sub.add_parser('train', help='train a LightningDiT on extracted latents')
     t.add_argument('--latents', required=True); t.add_argument('--out', required=True)
-    t.add_argument('--preset', choices=list(PRESETS), default='cpu', help="'paper': LightningDiT-B, batch 1024, EMA 0.9999 (GPU)")
+    t.add_argument('--preset', choices=list(PRESETS), default='cpu', help="'paper': LightningDiT-B, global batch 1024 (= batch x accum x GPUs), EMA 0.9999, bf16 on GPU, Euler 250")
     t.add_argument('--size', choices=list(DIT_SIZES), default=None, help='overrides the preset size')
     t.add_argument('--steps', type=int, default=1000)
     for name, typ in [('--batch-size', int), ('--lr', float), ('--beta2', float), ('--ema-decay', float)]:
         t.add_argument(name, type=typ, default=None, help='overrides the preset')
+    t.add_argument('--global-batch', type=int, default=None, help='latents per optimiser step over all processes (paper: 1024)')
+    t.add_argument('--grad-accum', type=int, default=None, help='micro-batches per step (default: global batch / (batch x world))')
+    t.add_argument('--ckpt-every', type=int, default=0, help='also write OUT/dit.pt every N steps')
+    t.add_argument('--plan', action='store_true', help='print the resolved run (model, data, batch split, precision) and exit')
     t.add_argument('--t-mu', type=float, default=0.); t.add_argument('--t-sigma', type=float, default=1.)
     t.add_argument('--cos-weight', type=float, default=1.); t.add_argument('--grad-clip', type=float, default=1.)
     t.add_argument('--patch-size', type=int, default=1); t.add_argument('--seed', type=int, default=0)
@@ -379,6 +511,49 @@ def _parser():
     s.add_argument('--device', default=None)
     return p
 
+def _init_dist(device=None) -> tuple[int, int]:
+    "Join the torchrun process group when WORLD_SIZE > 1 (nccl on GPUs, gloo on CPU): (rank, world)."
+    if int(os.environ.get('WORLD_SIZE', 1)) <= 1: return 0, 1
+    if not torch.distributed.is_initialized():
+        cuda = torch.cuda.is_available() and (device is None or str(device).startswith('cuda'))
+        if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        torch.distributed.init_process_group('nccl' if cuda else 'gloo')
+    return _dist_info()
+
+def _train_cli(a, rank:int, world:int):
+    "The `train` command on one process of `world`."
+    pre = PRESETS[a.preset]
+    hp = {k: getattr(a, k) if getattr(a, k) is not None else pre[k] for k in ('lr', 'beta2', 'ema_decay')}
+    bs, accum = plan_batch(a.global_batch or pre['global_batch'], world, a.batch_size or pre['batch_size'], a.grad_accum,
+                           fixed=a.batch_size is not None)
+    size = a.size or pre['size']
+    ds = LatentShards(a.latents); stats = ds.stats
+    C, H, W = stats['latent_shape']
+    cfg = DIT_SIZES[size](in_channels=C, input_size=H, patch_size=a.patch_size, num_classes=stats['num_classes'])
+    device = get_device(a.device)
+    if device.type == 'cuda' and world > 1: device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    plan = dict(model=f'LightningDiT-{size}', params=count_params(LightningDiT(cfg)), latents=len(ds), latent_shape=[C, H, W],
+                shards=len(ds.paths), latent_gb=round(ds.nbytes / 1e9, 3), world=world, batch_size=bs, grad_accum=accum,
+                global_batch=bs * accum * world, steps=a.steps, epochs=round(a.steps * bs * accum * world / len(ds), 3),
+                bf16=device.type == 'cuda', device=str(device), **hp)
+    if rank == 0:
+        print(f"{plan['model']}: {fmt_count(plan['params'])} params | {len(ds)} latents {C}x{H}x{W} in {len(ds.paths)} shard(s), "
+              f"{plan['latent_gb']} GB memory-mapped | world {world} x micro-batch {bs} x accum {accum} = global batch {plan['global_batch']} | "
+              f"lr {hp['lr']:g}, betas (0.9, {hp['beta2']}), EMA {hp['ema_decay']} | {'bf16 autocast' if plan['bf16'] else 'fp32'} on {device} | "
+              f"{a.steps} steps = {plan['epochs']} epochs")
+    if a.plan: return plan
+    out = Path(a.out); state = None
+    if a.resume and (out / 'dit.pt').exists(): state = torch.load(out / 'dit.pt', map_location='cpu', weights_only=False)
+    extra = {'size': size, 'preset': a.preset, 'train_args': {**vars(a), **hp, 'batch_size': bs, 'grad_accum': accum, 'world': world},
+             'latents': str(Path(a.latents).resolve()), 'sample_defaults': {'steps': pre['sample_steps'], 'method': pre['method']}}
+    save = lambda r: save_dit(out / 'dit.pt', r, cfg, stats, extra) if rank == 0 else None
+    res = train_dit(cfg, ds, None, a.steps, batch_size=bs, grad_accum=accum, t_mu=a.t_mu, t_sigma=a.t_sigma, cos_weight=a.cos_weight,
+                    grad_clip=a.grad_clip, seed=a.seed, device=device, pbar=not a.no_progress, state=state,
+                    ckpt_every=a.ckpt_every, ckpt_fn=save, **hp)
+    if rank == 0:
+        save(res); print(f"step {res['step']}: loss {res['history'][-1]['loss']:.4f}; wrote {out / 'dit.pt'}")
+    return res
+
 def main(argv:list|None=None):
     "Entry point of `python -m vtp_nb.dit`."
     a = _parser().parse_args(argv)
@@ -391,21 +566,12 @@ def main(argv:list|None=None):
         print(f"wrote {stats['num_latents']} latents of shape {stats['latent_shape']} in {stats['shards']} shard(s) to {a.out}")
         return stats
     if a.cmd == 'train':
-        pre = PRESETS[a.preset]
-        hp = {k: getattr(a, k) if getattr(a, k) is not None else pre[k] for k in ('batch_size', 'lr', 'beta2', 'ema_decay')}
-        size = a.size or pre['size']
-        z, y, stats = load_latents(a.latents)
-        C, H, W = stats['latent_shape']
-        cfg = DIT_SIZES[size](in_channels=C, input_size=H, patch_size=a.patch_size, num_classes=stats['num_classes'])
-        out = Path(a.out); state = None
-        if a.resume and (out / 'dit.pt').exists(): state = torch.load(out / 'dit.pt', map_location='cpu', weights_only=False)
-        print(f'LightningDiT-{size}: {fmt_count(count_params(LightningDiT(cfg)))} params, {len(z)} latents {C}x{H}x{W}, {hp}')
-        res = train_dit(cfg, normalize_latents(z, stats), y, a.steps, t_mu=a.t_mu, t_sigma=a.t_sigma, cos_weight=a.cos_weight,
-                        grad_clip=a.grad_clip, seed=a.seed, device=a.device, pbar=not a.no_progress, state=state, **hp)
-        extra = {'size': size, 'preset': a.preset, 'train_args': {**vars(a), **hp}, 'latents': str(Path(a.latents).resolve()),
-                 'sample_defaults': {'steps': pre['sample_steps'], 'method': pre['method']}}
-        save_dit(out / 'dit.pt', res, cfg, stats, extra)
-        print(f"step {res['step']}: loss {res['history'][-1]['loss']:.4f}; wrote {out / 'dit.pt'}")
+        rank, world = _init_dist(a.device)
+        try: res = _train_cli(a, rank, world)
+        except BaseException:
+            if world > 1: torch.distributed.destroy_process_group()
+            raise
+        if world > 1: torch.distributed.barrier(); torch.distributed.destroy_process_group()  # all ranks meet before gloo/nccl go away
         return res
     if a.cmd == 'sample':
         dev = get_device(a.device)

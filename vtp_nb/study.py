@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from fastprogress.fastprogress import progress_bar
-from .core import set_seed, atomic_save, atomic_write_text, from_uint8, to_uint8, show_images
+from .core import set_seed, atomic_save, atomic_write_text, from_uint8, to_uint8, show_images, data_small_path
 from .vit import VIT_SIZES, VisualTokenizer
 
 # %% auto #0
@@ -24,12 +24,12 @@ STUDY_PRESETS = {
     'tiny': dict(model='tiny', batch_size=32, batch_ssl=8, batch_rec=16, main_steps=4, budgets=(2, 4, 8),
                  lambda_rec=0.1, stage2_steps=4, stage2_batch=32, stage2_lr=3e-4,
                  dit_size='tiny', dit_steps=6, dit_batch=32, dit_lr=5e-4, n_gen=40, sample_steps=4, cfg_scales=(1.0, 2.0),
-                 n_train=300, n_val=100, workers=1, seed=0, extra=(('vtp', 4, 1.0),)),
+                 n_train=300, n_val=100, workers=1, seed=0, extra=(('vtp', 4, 1.0),), data_sizes=(60,)),
     # the default study on a 2-core CPU (~30 min with 2 workers on an idle machine)
     'cpu': dict(model='small_f8d32', batch_size=128, batch_ssl=32, batch_rec=64, main_steps=400, budgets=(120, 400, 1200),
                 lambda_rec=0.1, stage2_steps=300, stage2_batch=128, stage2_lr=3e-4,
                 dit_size='tiny', dit_steps=600, dit_batch=128, dit_lr=5e-4, n_gen=500, sample_steps=25, cfg_scales=(1.0, 2.0),
-                n_train=None, n_val=None, workers=2, seed=0, extra=(('vtp', 400, 1.0),)),
+                n_train=None, n_val=None, workers=2, seed=0, extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500)),
 }
 MAIN_VARIANTS = ('ae', 'clip_ae', 'ssl_ae', 'vtp')   # the paper's four tokenizers
 SCALING_VARIANTS = ('ae', 'vtp')                      # trained at every budget
@@ -38,18 +38,21 @@ STEP_COST = {'ae': 0.13, 'clip_ae': 0.34, 'ssl_ae': 0.30, 'vtp': 0.53}  # measur
 
 def study_jobs(p:dict # a preset from `STUDY_PRESETS`
               ) -> list[dict]:
-    "The tokenizers to train: the four variants at the main budget plus AE and VTP at every budget, longest first."
+    "The tokenizers to train: the four variants at the main budget, AE and VTP at every budget and data size, longest first."
     jobs = {}
     for v in MAIN_VARIANTS: jobs[f'{v}@{p["main_steps"]}'] = dict(variant=v, steps=p['main_steps'])
     for v in SCALING_VARIANTS:
         for s in p['budgets']: jobs[f'{v}@{s}'] = dict(variant=v, steps=s)
     for v, s, lr in p.get('extra', ()): jobs[f'{v}@{s},lrec{lr:g}'] = dict(variant=v, steps=s, lambda_rec=lr)  # lambda_rec sweep points
+    for v in SCALING_VARIANTS:                                     # data scaling: same steps, fewer unique images
+        for k in p.get('data_sizes', ()): jobs[f'{v}@{p["main_steps"]},n{k}'] = dict(variant=v, steps=p['main_steps'], max_images=k)
     out = [dict(name=k, **j, budget_x=j['steps'] / min(p['budgets'])) for k, j in jobs.items()]
     return sorted(out, key=lambda j: -STEP_COST[j['variant']] * j['steps'])
 
 # %% ../nbs/20_study.ipynb #24f4d61b
 def tokenizer_config(p:dict, # preset
-                     variant:str, steps:int, out_dir, lambda_rec:float|None=None # None: the preset's
+                     variant:str, steps:int, out_dir, lambda_rec:float|None=None, # None: the preset's
+                     max_images:int=0 # train on a fixed subset of this many images (0: all 5,000)
                     ):
     "The engine's `RunConfig` for one study tokenizer: same encoder, batch and schedule for every variant."
     from vtp_nb.train import make_config
@@ -58,6 +61,7 @@ def tokenizer_config(p:dict, # preset
     o = cfg.objective
     o.variant, o.batch_ssl, o.batch_rec = variant, p['batch_ssl'], p['batch_rec']
     o.lambda_rec = p['lambda_rec'] if lambda_rec is None else lambda_rec
+    cfg.data.max_images = max_images
     t = cfg.train
     t.steps, t.batch_size, t.seed, t.out_dir = steps, p['batch_size'], p['seed'], str(out_dir)
     t.ckpt_every, t.progress, t.threads, t.log_every = max(steps // 2, 1), False, 1, max(1, steps // 100)
@@ -69,7 +73,7 @@ def train_stage(job:dict, p:dict, out:Path, log) -> dict:
     ck = out/'tok'/'ckpt.pt'
     info = out/'train.json'
     if ck.exists() and info.exists() and load_checkpoint(ck)['step'] >= job['steps']: return json.loads(info.read_text())
-    cfg = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'))
+    cfg = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'), job.get('max_images', 0))
     t0 = time.time()
     r = train(cfg, resume=True if ck.exists() else None, log=log)
     m = r['metrics']
@@ -256,26 +260,30 @@ HEADLINE_LABELS = {
 
 # %% ../nbs/20_study.ipynb #6924e903
 def plot_scaling(results:dict, # the study's results.json dict
-                 path=None):
-    "Generation, understanding and reconstruction against the training budget, AE vs VTP."
+                 path=None,
+                 section:str='scaling' # 'scaling' (x: tokenizer steps) or 'data_scaling' (x: unique training images)
+                ):
+    "Generation, understanding and reconstruction against the training budget or the data size, AE vs VTP."
     import matplotlib.pyplot as plt
     panels = [('gFID cfg2', 'gFID [ref-cls], CFG 2 (lower is better)'), ('gen class acc cfg2', 'generated class acc, CFG 2'),
               ('probe latent-mean', 'linear probe, bottleneck latent'), ('PSNR stage2', 'PSNR dB, stage-2 decoder')]
     fig, axs = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.5))
     for ax, (k, title) in zip(axs, panels):
         for v, c in (('ae', 'tab:blue'), ('vtp', 'tab:red')):
-            pts = sorted((s, h[k]) for s, h in results['scaling'][v].items() if h.get(k) is not None for s in [int(s)])
+            pts = sorted((s, h[k]) for s, h in results[section][v].items() if h.get(k) is not None for s in [int(s)])
             if pts: ax.plot(*zip(*pts), 'o-', color=c, label=VARIANT_NAMES[v].split(' ')[0])
         extra = {'probe latent-mean': [('vtp', 'zero-shot top-1', 'VTP zero-shot')],
                  'gen class acc cfg2': [(v, 'gen latent probe cfg2', f'{v.upper()} probe on gen. latents') for v in ('ae', 'vtp')]}
         for v, k2, lab in extra.get(k, []):
-            pts = sorted((int(s), h[k2]) for s, h in results['scaling'][v].items() if h.get(k2) is not None)
+            pts = sorted((int(s), h[k2]) for s, h in results[section][v].items() if h.get(k2) is not None)
             if pts: ax.plot(*zip(*pts), 's--', color='tab:blue' if v == 'ae' else 'tab:red', alpha=0.5, label=lab)
-        budgets = sorted({int(s) for d in results['scaling'].values() for s in d})
+        budgets = sorted({int(s) for d in results[section].values() for s in d})
         ax.set_xscale('log'); ax.set_xticks(budgets, [str(b) for b in budgets]); ax.minorticks_off()
-        ax.set_title(title, fontsize=8); ax.set_xlabel('tokenizer steps', fontsize=7)
+        ax.set_title(title, fontsize=8); ax.set_xlabel('tokenizer steps' if section == 'scaling' else 'unique training images', fontsize=7)
         ax.tick_params(labelsize=6); ax.legend(fontsize=6)
-    fig.suptitle(f"scaling the tokenizer budget (data_small, preset {results['meta']['preset']}, one seed)", fontsize=9)
+    what = ('the tokenizer budget' if section == 'scaling' else
+            f"the tokenizer's training data at {results['meta']['params']['main_steps']} steps")
+    fig.suptitle(f"scaling {what} (data_small, preset {results['meta']['preset']}, one seed)", fontsize=9)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=80); plt.close(fig)
     return fig
@@ -321,14 +329,18 @@ def _machine() -> dict:
                 load_avg=[round(x, 2) for x in os.getloadavg()], date=time.strftime('%Y-%m-%d %H:%M:%S %Z'))
 
 def collect(p:dict, root, jobs:list, done:dict, floors:list, meta:dict) -> dict:
-    "Assemble results.json: per-run details, the main table, the scaling series and the floors."
+    "Assemble results.json: per-run details, the main table, the budget and data scaling series and the floors."
     H = {n: headline(r) for n, r in done.items()}
     main = {f'{v}@{p["main_steps"]}': H.get(f'{v}@{p["main_steps"]}') for v in MAIN_VARIANTS}
     scaling = {v: {str(s): H[f'{v}@{s}'] for s in p['budgets'] if f'{v}@{s}' in H} for v in SCALING_VARIANTS}
     extra = {n: H[n] for n in H if ',lrec' in n}
+    n_all = json.loads((data_small_path()/'meta.json').read_text())['counts']['train']
+    data = {v: {**{str(k): H[f'{v}@{p["main_steps"]},n{k}'] for k in p.get('data_sizes', ()) if f'{v}@{p["main_steps"]},n{k}' in H},
+                **({str(n_all): H[f'{v}@{p["main_steps"]}']} if f'{v}@{p["main_steps"]}' in H else {})} for v in SCALING_VARIANTS}
     if extra: extra[f'vtp@{p["main_steps"]}'] = H.get(f'vtp@{p["main_steps"]}')   # the lambda_rec sweep next to its default
     return dict(meta=meta, labels=HEADLINE_LABELS, floors=floors, main={k: v for k, v in main.items() if v is not None},
-                scaling=scaling, lambda_rec_sweep={k: v for k, v in extra.items() if v is not None}, runs=done)
+                scaling=scaling, data_scaling=data if p.get('data_sizes') else {},
+                lambda_rec_sweep={k: v for k, v in extra.items() if v is not None}, runs=done)
 
 def run_study(preset:str='cpu', # a key of `STUDY_PRESETS`
               out:str='runs/study', # run folder: jobs/<name>/..., results.json, figures
@@ -365,8 +377,10 @@ def run_study(preset:str='cpu', # a key of `STUDY_PRESETS`
     meta.update(seconds=round(time.time() - t0, 1), machine_end=_machine())
     res = collect(p, root, jobs, done, floors, meta)
     res['meta']['figures'] = []
-    for name, fn in (('scaling.png', lambda pth: plot_scaling(res, pth)), ('chain.png', lambda pth: plot_chain(res, pth)),
-                     ('samples.png', lambda pth: plot_samples(root, res, pth))):
+    figs = [('scaling.png', lambda pth: plot_scaling(res, pth)), ('chain.png', lambda pth: plot_chain(res, pth)),
+            ('samples.png', lambda pth: plot_samples(root, res, pth))]
+    if res['data_scaling']: figs.append(('data_scaling.png', lambda pth: plot_scaling(res, pth, 'data_scaling')))
+    for name, fn in figs:
         fn(root/name); res['meta']['figures'].append(name)
     atomic_write_text(json.dumps(res, indent=1), root/'results.json')
     log(f'wrote {root/"results.json"} ({time.time() - t0:.0f} s)')
@@ -378,6 +392,7 @@ def format_table(results:dict, keys=('zero-shot top-1', 'probe latent-mean', 'pr
                  section:str='main') -> str:
     "A plain-text table of the headline numbers (rows: metrics, columns: runs)."
     runs = ({f'{v}@{s}': h for v, d in results['scaling'].items() for s, h in d.items()} if section == 'scaling'
+            else {f'{v},n{s}': h for v, d in results['data_scaling'].items() for s, h in d.items()} if section == 'data_scaling'
             else results[section])
     names = list(runs)
     fmt = lambda k, v: '-' if v is None else (f'{v:.1%}' if ('acc' in k or 'probe' in k or 'zero-shot' in k) else f'{v:.2f}')

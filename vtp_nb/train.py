@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, asdict, fields, is_dataclass
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.distributed as dist
-from .core import set_seed, get_device, set_threads, atomic_save, atomic_write_text, count_params, fmt_count, data_small_path
+from .core import (set_seed, get_device, set_threads, atomic_save, atomic_write_text, count_params, fmt_count, data_small_path,
+                         flop_counter)
 from .vit import ViTConfig, VisualTokenizer, VIT_SIZES, Block, load_tokenizer
 from .data import load_data_small, TEMPLATES
 from .clip import ClipConfig, text_config, get_tokenizer
@@ -17,13 +18,16 @@ from .ssl import MultiCropConfig
 from .teacher import SSLConfig, warmup_cosine, ssl_schedule
 from .vtp import (VTP, ObjectiveConfig, RecConfig, VARIANTS, active_terms, build_vtp, small_clip_config,
                         small_ssl_config)
+from .official import (official_config_to_ours, read_official_weights, official_state_dict_to_ours,
+                             convert_pixel_space, _check_against)
 
 # %% auto #0
 __all__ = ['SCALES', 'CKPT_FORMAT', 'DataConfig', 'OptimConfig', 'TrainConfig', 'DistConfig', 'RunConfig', 'make_config',
            'apply_overrides', 'config_to_dict', 'config_from_dict', 'ConfigError', 'validate', 'schedules',
-           'param_groups', 'set_hparams', 'step_indices', 'StepData', 'image_folder', 'StreamData', 'model_state',
-           'save_checkpoint', 'load_checkpoint', 'checkpoint_flat_state', 'restore_model', 'setup_dist', 'wrap_model',
-           'NonFiniteLoss', 'train', 'plan', 'format_plan', 'parse_args', 'resolve_config', 'main']
+           'param_groups', 'set_hparams', 'step_indices', 'subset_indices', 'StepData', 'image_folder', 'StreamData',
+           'model_state', 'save_checkpoint', 'load_checkpoint', 'checkpoint_flat_state', 'restore_model',
+           'init_overrides', 'init_weights', 'setup_dist', 'wrap_model', 'NonFiniteLoss', 'train', 'plan',
+           'format_plan', 'parse_args', 'resolve_config', 'main']
 
 # %% ../nbs/08_train.ipynb #8d2188e6
 @dataclass
@@ -33,6 +37,7 @@ class DataConfig:
     path:str=''             # root folder (imagefolder), shard pattern (webdataset); '' = data_small's default location
     image_size:int=32       # training resolution in pixels
     num_workers:int=0       # DataLoader workers (imagefolder / webdataset)
+    max_images:int=0        # train on a fixed random subset of this many images (0 = all; nested as it grows: data scaling)
 
 @dataclass
 class OptimConfig:
@@ -62,6 +67,7 @@ class TrainConfig:
     threads:int=0              # CPU threads (0 = OMP_NUM_THREADS or all cores)
     stop_at:int=0              # debug: stop after this step as if interrupted (0 = off); the schedule still spans `steps`
     nan_steps:tuple=()         # debug: steps whose loss is replaced by NaN (tests the guard)
+    init_from:str=''           # start a new run from these weights: an official VTP folder (config.json + *.safetensors), a run folder or ckpt.pt ('' = random init; ignored when resuming)
 
 @dataclass
 class DistConfig:
@@ -207,6 +213,8 @@ def validate(cfg:RunConfig, # the resolved config
         if not d.path: errs.append("data.path is empty: the demo scale needs an ImageFolder root (--set data.path=/path/to/imagenet_subset/train)")
         elif not Path(d.path).is_dir(): errs.append(f"data.path={d.path!r} is not a folder")
     elif d.kind == 'webdataset' and not d.path: errs.append("data.path is empty: the full scale needs webdataset shards (--set data.path='/data/shards/{00000..01023}.tar')")
+    if d.max_images < 0: errs.append(f"data.max_images={d.max_images} must be >= 0 (0 = every image)")
+    if d.max_images and d.kind == 'webdataset': errs.append("data.max_images subsets map-style data (small, imagefolder); for webdataset choose fewer shards in data.path")
     if cfg.model is not None and d.image_size % cfg.model.patch_size:
         errs.append(f"data.image_size={d.image_size} must be a multiple of model.patch_size={cfg.model.patch_size}")
     if cfg.model is not None and active_terms(o).get('ssl', 0) > 0 if o.variant in VARIANTS else False:
@@ -265,6 +273,14 @@ class _StepBatches:
 
 def _collate(items): return torch.stack([x['image'] for x in items]), [x['caption'] for x in items]
 
+def subset_indices(n:int, # dataset size
+                   k:int, # images to keep (0 or >= n: all)
+                   seed:int=2512 # fixed, not `train.seed`: every run sees the same images
+                  ) -> torch.Tensor|None:
+    "Sorted indices of a fixed random subset of size k; a smaller k gives a subset of a larger one (nested)."
+    if not k or k >= n: return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
 class StepData:
     "A map-style dataset read as step-indexed, rank-sharded batches of (images in [-1, 1], caption tokens)."
     def __init__(self, cfg:RunConfig, rank:int=0, world:int=1):
@@ -273,12 +289,18 @@ class StepData:
         self._tok = get_tokenizer(cfg.clip.text.context_length)
         if d.kind == 'small':
             self.ds = load_data_small('train', size=d.image_size, root=d.path or None)
-            self.tokens = self._tok(self.ds.captions)        # (N, L): captions are fixed, tokenise them once
-            self.n, self.desc = len(self.ds), f'data_small train ({len(self.ds)} images, {d.image_size} px)'
+            self.desc = f'data_small train ({len(self.ds)} images, {d.image_size} px)'
         elif d.kind == 'imagefolder':
             self.ds = image_folder(d.path, d.image_size)
-            self.n, self.desc = len(self.ds), f'ImageFolder {d.path} ({len(self.ds)} images, {len(self.ds.classes)} classes, {d.image_size} px)'
+            self.desc = f'ImageFolder {d.path} ({len(self.ds)} images, {len(self.ds.classes)} classes, {d.image_size} px)'
         else: raise ValueError(f"data.kind={d.kind!r} is streamed: use `StreamData`")
+        self.keep = subset_indices(len(self.ds), d.max_images)  # None = every image
+        if self.keep is not None:
+            if d.kind == 'imagefolder': self.ds = torch.utils.data.Subset(self.ds, self.keep.tolist())
+            self.desc += f', subset of {len(self.keep)} (data.max_images)'
+        self.n = len(self.keep) if self.keep is not None else len(self.ds)
+        if d.kind == 'small':                                 # captions are fixed: tokenise them once
+            self.tokens = self._tok(self.ds.captions if self.keep is None else [self.ds.captions[i] for i in self.keep.tolist()])
         self._it, self._next = None, None
 
     def _loader(self, start:int):
@@ -292,7 +314,7 @@ class StepData:
         "(images (b, 3, H, W) in [-1, 1], tokens (b, L)) of this rank at `step`."
         if self.cfg.data.kind == 'small':
             idx = step_indices(self.n, self.cfg.train.batch_size, step, self.cfg.train.seed, self.rank, self.world)
-            return self.ds.to_float(idx), self.tokens[idx]
+            return self.ds.to_float(idx if self.keep is None else self.keep[idx]), self.tokens[idx]
         if step != self._next: self._it = self._loader(step)   # first call, or a jump (resume): restart the workers there
         self._next = step + 1
         images, captions = next(self._it)
@@ -402,6 +424,97 @@ def restore_model(model:VTP, ck:dict, opt=None):
     missing = [k for k in res.missing_keys if not k.startswith('rec_loss.')]
     if missing or res.unexpected_keys: raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {list(res.unexpected_keys)[:5]}")
 
+# %% ../nbs/08_train.ipynb #2d4aca8a
+_ARCH_FIELDS = ('patch_size', 'width', 'depth', 'heads', 'bottleneck_dim', 'ffn_ratio', 'qkv_bias', 'norm_eps', 'rope_base',
+                'bottleneck_ae_only', 'dec_width', 'dec_depth', 'dec_heads', 'dec_norm_eps')  # ViTConfig fields the weights depend on
+_TEXT_FIELDS = ('context_length', 'vocab_size', 'width', 'heads', 'layers', 'embed_dim', 'mlp_ratio')
+
+def _init_source(path) -> dict:
+    "What `train.init_from` points at: kind, model config, CLIP config (or None) and a loader of the flat `tokenizer.*`/`clip.*` weights."
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"train.init_from={str(p)!r} does not exist: point it at an official VTP folder (config.json + "
+                          f"*.safetensors, e.g. MiniMaxAI/VTP-Base-f16d64) or at one of our run folders / ckpt.pt")
+    if p.is_dir() and not (p/'ckpt.pt').exists():
+        if not (p/'config.json').exists():
+            raise ConfigError(f"train.init_from={str(p)!r} holds neither ckpt.pt nor an official config.json + *.safetensors")
+        conf = json.loads((p/'config.json').read_text())
+        if {'scale', 'model', 'train'} <= set(conf): raise ConfigError(f"train.init_from={str(p)!r} is one of our run folders without a ckpt.pt yet")
+        try: vit, text, ex = official_config_to_ours(conf, rope_dtype='float32')
+        except ValueError as e: raise ConfigError(f"train.init_from={str(p)!r}: {e}") from None
+        clip = None if text is None else dict(text=text, pool=ex['clip_pool'], loss=ex['clip_loss'])
+        weights = lambda: convert_pixel_space(official_state_dict_to_ours(read_official_weights(p)), 'imagenet', 'minus_one')
+        return dict(kind='official VTPModel', model=vit, clip=clip, weights=weights)
+    ck = load_checkpoint(p)
+    c = config_from_dict(ck['config'])
+    clip = dict(text=c.clip.text, pool=c.clip.pool, loss=c.clip.loss) if ck.get('clip') else None
+    return dict(kind=f"vtp_nb checkpoint, step {ck['step']}", model=c.model, clip=clip,
+                weights=lambda: checkpoint_flat_state(ck, teacher=False))
+
+def _init_diffs(src:dict, cfg:RunConfig) -> list:
+    "(field, checkpoint value, run value) for every architecture field where the run's config differs from the checkpoint's."
+    out = [(f'model.{f}', getattr(src['model'], f), getattr(cfg.model, f)) for f in _ARCH_FIELDS]
+    if src['clip'] is not None and active_terms(cfg.objective).get('clip', 0) > 0:
+        out += [(f'clip.text.{f}', getattr(src['clip']['text'], f), getattr(cfg.clip.text, f)) for f in _TEXT_FIELDS]
+        out += [(f'clip.{f}', src['clip'][f], getattr(cfg.clip, f)) for f in ('pool', 'loss')]
+    return [(k, a, b) for k, a, b in out if a != b]
+
+def init_overrides(path:str, # an official VTP folder, one of our run folders or a ckpt.pt
+                   cfg:RunConfig|None=None # a run config: only the fields that differ from the checkpoint (None: every field)
+                  ) -> list:
+    "The `--set field=value` strings that make a run's model (and CLIP text tower) match the checkpoint at `path`."
+    src = _init_source(path)
+    if cfg is not None: return [f'{k}={a}' for k, a, _ in _init_diffs(src, cfg)]
+    out = [f'model.{f}={getattr(src["model"], f)}' for f in _ARCH_FIELDS]
+    if src['clip'] is not None:
+        out += [f'clip.text.{f}={getattr(src["clip"]["text"], f)}' for f in _TEXT_FIELDS]
+        out += [f'clip.{f}={src["clip"][f]}' for f in ('pool', 'loss')]
+    return out
+
+def _load_part(module:nn.Module, sd:dict, what:str, path):
+    "Copy `sd` into `module` (dtype cast); missing/unexpected names or shapes are a `ConfigError` listing them."
+    target = module.state_dict()
+    sd = {k: v.reshape(target[k].shape) if k in ('logit_scale', 'logit_bias') and k in target and v.numel() == 1 else v
+          for k, v in sd.items()}                                   # t and b: shape () or (1,) (`nonscalar_logit_scale`)
+    try: _check_against(sd, target)
+    except (KeyError, ValueError) as e: raise ConfigError(f"train.init_from={str(path)!r}, {what}: {e}") from None
+    module.load_state_dict(sd, strict=True)
+    return len(sd)
+
+@torch.no_grad()
+def init_weights(model:VTP, # freshly built, not yet wrapped (DDP/FSDP) or given to an optimiser
+                 cfg:RunConfig, # the run's config (`cfg.model` must match the checkpoint)
+                 path:str # `train.init_from`: official VTP folder, run folder or ckpt.pt
+                ) -> dict:
+    "Copy tokenizer and CLIP weights from `path` into `model`, re-synchronise the EMA teacher; returns what was loaded / left at init."
+    src = _init_source(path)
+    diffs = _init_diffs(src, cfg)
+    if diffs:
+        raise ConfigError(f"train.init_from={str(path)!r} ({src['kind']}) does not match this run's config:\n  "
+                          + '\n  '.join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, a, b in diffs)
+                          + "\npass the checkpoint's values: --set " + ' '.join(f'{k}={a}' for k, a, _ in diffs))
+    try: flat = src['weights']()                              # official names with no rule, wrong RoPE periods: errors
+    except (KeyError, ValueError) as e: raise ConfigError(f"train.init_from={str(path)!r}: {e}") from None
+    part = lambda pre: {k[len(pre):]: v for k, v in flat.items() if k.startswith(pre)}
+    loaded, left, unused = [], [], []
+    n = _load_part(model.tokenizer, part('tokenizer.'), 'tokenizer', path)
+    loaded.append(f"tokenizer (encoder, bottleneck, pixel decoder: {n} tensors)")
+    use_clip = model.terms['clip'] > 0
+    if use_clip and src['clip'] is not None:
+        n = _load_part(model.clip, part('clip.'), 'clip', path)
+        loaded.append(f"clip (text tower, image projection, logit scale: {n} tensors)")
+    elif use_clip: left.append("clip (not in the checkpoint)")
+    elif src['clip'] is not None: unused.append("clip (this run has no CLIP term)")
+    if model.terms['ssl'] > 0:
+        left.append("ssl heads and centres (DINO/iBOT)")
+        t = model.ssl.teacher.module                                # teacher = copy of the student, as at a normal start
+        s = model.ssl._student(model.tokenizer).state_dict()
+        t.load_state_dict({k: s[k] for k in t.state_dict()}, strict=True)
+        left.append("EMA teacher (re-synchronised from the loaded student)")
+    line = (f"init_from {path} ({src['kind']}): loaded {', '.join(loaded)}; left at init: {', '.join(left) or '-'}"
+            + (f"; not used: {', '.join(unused)}" if unused else ''))
+    return dict(kind=src['kind'], loaded=loaded, left=left, unused=unused, line=line)
+
 # %% ../nbs/08_train.ipynb #ec5dd507
 def setup_dist() -> tuple:
     "Join the torchrun process group if there is one: (rank, world_size, device)."
@@ -455,7 +568,6 @@ def train(cfg:RunConfig, # resolved run config (validated here)
           log=print # where progress lines go (rank 0)
          ) -> dict:
     "Train a VTP tokenizer; returns dict(step, out_dir, metrics (last row), strategy)."
-    from torch.utils.flop_counter import FlopCounterMode
     rank, world, dev = setup_dist()
     ck = None
     if resume:
@@ -468,6 +580,11 @@ def train(cfg:RunConfig, # resolved run config (validated here)
     if main_rank: out.mkdir(parents=True, exist_ok=True); atomic_write_text(json.dumps(config_to_dict(cfg), indent=1), out/'config.json')
     _reseed(t.seed, 0, 0)                                     # identical init on every rank
     model = build_vtp(cfg).to(dev)
+    if ck is None and t.init_from:                           # new run from pretrained weights, before DDP/FSDP and AdamW
+        info = init_weights(model, cfg, t.init_from)
+        if main_rank: log(info['line'])
+    elif ck is not None and t.init_from and main_rank:
+        log(f"train.init_from={t.init_from!r} ignored: resuming restores every weight from the checkpoint")
     runner, strategy = wrap_model(model, cfg, world)        # before the optimiser: fully_shard swaps in DTensor parameters
     opt = torch.optim.AdamW(param_groups(model, cfg.optim.layer_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     for g in opt.param_groups: g.pop('names', None)
@@ -504,7 +621,7 @@ def train(cfg:RunConfig, # resolved run config (validated here)
             images, tokens = images.to(dev, non_blocking=True), tokens.to(dev, non_blocking=True)
             batch = model.make_batch(images, tokens if terms['clip'] > 0 else None, *sampler(step))
             sc = schedules(cfg, step); set_hparams(opt, sc['lr'], sc['wd'])
-            fc = FlopCounterMode(display=False) if flops is None else contextlib.nullcontext()
+            fc = flop_counter() if flops is None else contextlib.nullcontext()
             with fc:
                 with autocast(): res = runner(batch, teacher_temp=sc['teacher_temp'])
                 loss = res['loss']
@@ -550,11 +667,10 @@ def train(cfg:RunConfig, # resolved run config (validated here)
 
 # %% ../nbs/08_train.ipynb #9894d2a7
 def _measure(fn):
-    from torch.utils.flop_counter import FlopCounterMode
     saved = {}
     def pack(x):
         saved[id(x)] = x.numel() * x.element_size(); return x
-    with FlopCounterMode(display=False) as fc, torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x): fn()
+    with flop_counter() as fc, torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x): fn()
     return fc.get_total_flops(), sum(saved.values())
 
 def plan(cfg:RunConfig, # run config (any scale)
@@ -625,6 +741,8 @@ def parse_args(argv=None):
     ap.add_argument('--variant', default=None, help=f'shortcut for objective.variant: {tuple(VARIANTS)}')
     ap.add_argument('--steps', type=int, default=None, help='shortcut for train.steps')
     ap.add_argument('--out', default=None, help='shortcut for train.out_dir')
+    ap.add_argument('--init-official', '--init-from', dest='init_from', default=None, metavar='PATH',
+                    help='shortcut for train.init_from: start from an official VTP folder (config.json + *.safetensors), a run folder or ckpt.pt')
     ap.add_argument('--resume', nargs='?', const=True, default=None, help='resume from PATH (default: the run folder)')
     ap.add_argument('--plan', action='store_true', help='print the plan (params, FLOPs, memory, GPU-hours) and exit')
     ap.add_argument('--allow-cpu', action='store_true', help='run the full scale on CPUs (tests with shrunken overrides)')
@@ -639,6 +757,7 @@ def resolve_config(args) -> RunConfig:
     if args.variant: cfg.objective.variant = args.variant
     if args.steps: cfg.train.steps = args.steps
     if args.out: cfg.train.out_dir = args.out
+    if getattr(args, 'init_from', None): cfg.train.init_from = args.init_from
     return apply_overrides(cfg, args.sets)
 
 from functools import partial
