@@ -24,8 +24,8 @@ from .official import (official_config_to_ours, read_official_weights, official_
 # %% auto #0
 __all__ = ['SCALES', 'CKPT_FORMAT', 'DataConfig', 'OptimConfig', 'TrainConfig', 'DistConfig', 'RunConfig', 'make_config',
            'apply_overrides', 'config_to_dict', 'config_from_dict', 'ConfigError', 'validate', 'schedules',
-           'param_groups', 'set_hparams', 'step_indices', 'subset_indices', 'StepData', 'image_folder', 'StreamData',
-           'model_state', 'save_checkpoint', 'load_checkpoint', 'checkpoint_flat_state', 'restore_model',
+           'param_groups', 'set_hparams', 'step_indices', 'subset_indices', 'StepData', 'image_folder', 'shard_urls',
+           'StreamData', 'model_state', 'save_checkpoint', 'load_checkpoint', 'checkpoint_flat_state', 'restore_model',
            'init_overrides', 'init_weights', 'setup_dist', 'wrap_model', 'NonFiniteLoss', 'train', 'plan',
            'format_plan', 'parse_args', 'resolve_config', 'main']
 
@@ -336,22 +336,81 @@ def image_folder(root:str, size:int) -> _Captioned:
                      v2.Normalize([0.5] * 3, [0.5] * 3)])
     return _Captioned(torchvision.datasets.ImageFolder(root, transform=tf))
 
+# %% ../nbs/08_train.ipynb #5d7a11e1
+from .data import WebImageText, encoder_transform
+
+class _Stream(WebImageText):
+    "`WebImageText` that gives up after `max_bad_in_row` bad samples (or unreadable shards) with no good one between them."
+    max_bad_in_row = 1000
+    def _skip(self, where, reason):
+        super()._skip(where, reason)
+        self.bad_in_row = getattr(self, 'bad_in_row', 0) + 1
+        if self.bad_in_row >= self.max_bad_in_row:
+            raise ConfigError(f"data.path={self.root!r}: {self.bad_in_row} bad samples in a row, none usable "
+                              f"(last: {where}: {reason})")
+
+class _StreamBatches(torch.utils.data.IterableDataset):
+    "Whole batches of a `_Stream`, each tagged with the stream's skip count and the worker that read it."
+    def __init__(self, src:_Stream, b:int): self.src, self.b = src, b
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, xs, caps = (info.id if info else 0), [], []
+        if info: self.src.seed += 7919 * (w + 1)   # this worker's copy: its own shard draws and sample order
+        for s in self.src:
+            self.src.bad_in_row = 0
+            xs.append(s['image']); caps.append(s['caption'])
+            if len(xs) == self.b:
+                yield torch.stack(xs), caps, self.src.skipped, w   # (b, 3, H, W), b captions, skipped so far, worker id
+                xs, caps = [], []
+
+def shard_urls(pattern:str # one shard, a brace pattern ('/data/shards/{00000..01023}.tar') or several joined by '::'
+              ) -> list:
+    "The shard list of `data.path`; local shards must all exist (a `ConfigError` naming data.path otherwise)."
+    from braceexpand import braceexpand
+    urls = [u for p in pattern.split('::') for u in braceexpand(p)]
+    missing = [u for u in urls if '://' not in u and not u.startswith('pipe:') and not Path(u).is_file()]
+    if missing:
+        what = 'matches no shard file' if len(missing) == len(urls) else f'has {len(missing)} of {len(urls)} shards missing'
+        raise ConfigError(f"data.path={pattern!r} {what} (e.g. {missing[0]}): put the webdataset .tar shards there "
+                          f"or fix the pattern, e.g. --set data.path='/data/shards/{{00000..01023}}.tar'")
+    return urls
+
 class StreamData:
-    "Webdataset image-text shards (resampled, per-rank seeded): position = step, not sample-exact on resume."
-    def __init__(self, cfg:RunConfig, rank:int=0, world:int=1, start_step:int=0):
-        import webdataset as wds
-        from torchvision.transforms import v2
-        self.cfg, s = cfg, cfg.data.image_size
-        tf = v2.Compose([v2.ToImage(), v2.Resize(s, antialias=True), v2.CenterCrop(s), v2.ToDtype(torch.float32, scale=True),
-                         v2.Normalize([0.5] * 3, [0.5] * 3)])
-        ds = (wds.WebDataset(cfg.data.path, resampled=True, shardshuffle=False, seed=cfg.train.seed * 1009 + rank * 7919 + start_step)
-              .decode('pil').to_tuple('jpg;jpeg;png;webp', 'txt').map_tuple(tf, str)
-              .batched(cfg.train.batch_size // world, partial=False))
-        self.it, self.desc = iter(ds), f'webdataset {cfg.data.path}'
+    "Webdataset image-text shards, resampled with a seed per (run, rank, worker, start step); bad samples skipped and counted."
+    shuffle = 1000   # sample shuffle buffer: two ranks that draw the same shard must not read it in the same order
+    def __init__(self, cfg:RunConfig, rank:int=0, world:int=1,
+                 start_step:int=0 # a resumed run draws a fresh stream: position = step, not sample-exact
+                ):
+        d, t = cfg.data, cfg.train
+        self.cfg, self.rank, self.world, self.start = cfg, rank, world, start_step
+        self.urls = shard_urls(d.path)
+        self.src = _Stream(self.urls, transform=encoder_transform(d.image_size), resampled=True, shuffle=self.shuffle,
+                           seed=t.seed * 1009 + start_step, rank=rank)
+        self.src.root = d.path                                 # messages name data.path
+        self.b, self.samples, self._skips, self._it = t.batch_size // world, 0, {}, None
         self._tok = get_tokenizer(cfg.clip.text.context_length)
+        self.desc = (f'webdataset {d.path} ({len(self.urls)} shards, resampled per rank/worker, {d.image_size} px, '
+                     f'{d.num_workers} workers)')
+
     def batch(self, step:int) -> tuple:
-        x, caps = next(self.it)
+        "(images (b, 3, H, W) in [-1, 1], tokens (b, L)): the next batch of this rank's stream (`step` only counts)."
+        if self._it is None:
+            dl = torch.utils.data.DataLoader(_StreamBatches(self.src, self.b), batch_size=None,
+                                             num_workers=self.cfg.data.num_workers, pin_memory=torch.cuda.is_available())
+            self._it = iter(dl)
+        x, caps, skipped, w = next(self._it)
+        self._skips[w] = skipped; self.samples += len(caps)   # each worker reports its own running count
         return x, self._tok(list(caps))
+
+    @property
+    def skipped(self) -> int:
+        "Bad samples this rank skipped since `start_step` (corrupt images, missing captions, unreadable shards)."
+        return sum(self._skips.values())
+
+    def state(self) -> dict:
+        "What the checkpoint records about the stream (this rank's counts since `start_step`)."
+        return dict(kind='webdataset', shards=len(self.urls), rank=self.rank, start_step=self.start,
+                    samples=self.samples, skipped=self.skipped)
 
 # %% ../nbs/08_train.ipynb #e43a67a8
 CKPT_FORMAT = 'vtp_nb.ckpt/2'
@@ -655,7 +714,8 @@ def train(cfg:RunConfig, # resolved run config (validated here)
                                     f"last good checkpoint: {out/'ckpt.pt'}. Try a lower optim.lr, train.precision=fp32 or a smaller optim.grad_clip.")
             done = step + 1
             if done % t.ckpt_every == 0 or done == t.steps or done == stop:
-                save_checkpoint(out/'ckpt.pt', model, opt, done, cfg, dict(samples_seen=done * t.batch_size, metrics=last))
+                save_checkpoint(out/'ckpt.pt', model, opt, done, cfg, dict(samples_seen=done * t.batch_size, metrics=last,
+                                                                              **({'data': data.state()} if hasattr(data, 'state') else {})))
                 if main_rank and rows: _plot_losses(rows, out/'loss.png')
     finally:
         if mfile: mfile.close()
