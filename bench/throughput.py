@@ -168,6 +168,7 @@ def main(argv=None):
     ap.add_argument('--variants', default='ae,clip_ae,ssl_ae,vtp')
     ap.add_argument('--smoke', action='store_true', help='tiny sizes (tests the code path on a CPU)')
     ap.add_argument('--json', default=None, help='also write the numbers to this JSON file')
+    ap.add_argument('--width', type=int, default=None, help='widen the tokenizer (encoder and decoder), e.g. 256 = the issue reference size')
     ap.add_argument('--profile', action='store_true', help='also break the VTP step down by op category (time share, FLOP/s)')
     a = ap.parse_args(argv)
     if a.device == 'cuda' and not torch.cuda.is_available(): sys.exit('--device cuda: no CUDA device here')
@@ -202,6 +203,9 @@ def main(argv=None):
         cfg.objective.variant = v
         cfg.rec.perceptual = 'none'                            # LPIPS's VGG is not part of the tokenizer's FLOPs here
         if a.smoke: shrink(cfg)
+        if a.width:
+            import dataclasses
+            cfg.model = dataclasses.replace(cfg.model, width=a.width, dec_width=a.width)
         if a.batch:
             f = a.batch / cfg.train.batch_size
             cfg.train.batch_size = a.batch

@@ -76,10 +76,14 @@ def test_cli_rejects_unknown_preset():
 def test_bench_smoke(tmp_path):
     out = tmp_path/'bench.json'
     r = subprocess.run([sys.executable, 'bench/throughput.py', '--config', 'demo', '--smoke', '--iters', '1', '--warmup', '0',
-                        '--variants', 'ae,vtp', '--threads', '1', '--json', str(out)], capture_output=True, text=True, cwd=ROOT)
+                        '--variants', 'ae,vtp', '--threads', '1', '--profile', '--width', '48', '--json', str(out)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     names = [row['name'] for row in res['rows']]
     assert any(n.startswith('vtp full step') for n in names) and any('teacher' in n for n in names)
     assert all(row['flops'] > 0 and 0 < row['ratio'] for row in res['rows'] if 'difference' not in row['name'])
     assert 'of peak' in r.stdout and res['peak'] > 0
+    # --profile: per-category time shares add up to the step; matmuls and attention both carry counted FLOPs
+    bd = res['breakdown']
+    assert abs(sum(bd['seconds'].values()) - bd['total_seconds']) < 1e-9 and bd['flops']['matmul'] > 0
+    assert bd['flops']['attention (SDPA)'] > 0 and 'matmul' in bd['seconds']
