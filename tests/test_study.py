@@ -9,7 +9,8 @@ from vtp_nb.study import (STUDY_PRESETS, MAIN_VARIANTS, SCALING_VARIANTS, HEADLI
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 # the tiny preset, shrunk further: 3 budgets, no lambda_rec sweep point, small evaluation sets
-FAST = dict(main_steps=2, budgets=(1, 2, 3), extra=(), n_train=200, n_val=50, n_gen=20, dit_steps=3, stage2_steps=2, data_sizes=(40,))
+FAST = dict(main_steps=2, budgets=(1, 2, 3), extra=(), n_train=200, n_val=50, n_gen=20, dit_steps=3, stage2_steps=2, data_sizes=(40,),
+            routing=(('vtp', 2),))
 
 
 def test_cpu_preset_is_a_matched_compute_study():
@@ -19,9 +20,14 @@ def test_cpu_preset_is_a_matched_compute_study():
     for v in SCALING_VARIANTS:
         assert len(p['budgets']) >= 3 and all(f'{v}@{s}' in jobs for s in p['budgets'])
     assert p['main_steps'] in p['budgets'] and max(p['budgets']) / min(p['budgets']) >= 9
-    cfgs = [tokenizer_config(p, j['variant'], j['steps'], '/tmp/x', j.get('lambda_rec'), j.get('max_images', 0)) for j in jobs.values()]
-    # same encoder, batch and subsets for every variant: only the loss terms (and the sweep's lambda_rec) differ
-    assert len({json.dumps(c.model.__dict__, sort_keys=True) for c in cfgs}) == 1
+    cfgs = [tokenizer_config(p, j['variant'], j['steps'], '/tmp/x', j.get('lambda_rec'), j.get('max_images', 0), j.get('bottleneck_ae_only', True))
+            for j in jobs.values()]
+    # same encoder, batch and subsets for every variant: only the loss terms (and the sweep's lambda_rec) differ;
+    # the routing ablation changes only which features the CLIP/SSL heads read
+    assert len({json.dumps(c.model.__dict__, sort_keys=True) for c in cfgs}) == 2
+    assert {c.model.bottleneck_ae_only for c in cfgs} == {True, False}
+    assert [j['name'] for j in jobs.values() if j.get('bottleneck_ae_only') is False] == [f"vtp@{p['main_steps']},route"]
+    assert len({json.dumps({**c.model.__dict__, 'bottleneck_ae_only': True}, sort_keys=True) for c in cfgs}) == 1
     assert {(c.train.batch_size, c.objective.batch_ssl, c.objective.batch_rec) for c in cfgs} == {(128, 32, 64)}
     assert {c.objective.variant for c in cfgs} == set(MAIN_VARIANTS)
     # data scaling: AE and VTP at the main budget on nested subsets, spanning >= 9x up to all 5,000 images
@@ -47,6 +53,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     assert {v: sorted(map(int, d)) for v, d in on_disk['data_scaling'].items()} == {'ae': [40, 5000], 'vtp': [40, 5000]}
     assert json.loads((tmp_path/'jobs'/'vtp_2_n40'/'tok'/'config.json').read_text())['data']['max_images'] == 40
     assert 'data_scaling.png' in on_disk['meta']['figures'] and 'ae,n40' in format_table(on_disk, section='data_scaling')
+    assert set(on_disk['routing_ablation']) == {'vtp@2,route', 'vtp@2'}
+    assert json.loads((tmp_path/'jobs'/'vtp_2_route'/'tok'/'config.json').read_text())['model']['bottleneck_ae_only'] is False
     assert on_disk['meta']['fid_space'] == 'ref-cls' and on_disk['meta']['preset'] == 'tiny'
     for f in on_disk['meta']['figures']: assert (tmp_path/f).stat().st_size > 1000
     h = on_disk['main']['vtp@2']

@@ -24,12 +24,12 @@ STUDY_PRESETS = {
     'tiny': dict(model='tiny', batch_size=32, batch_ssl=8, batch_rec=16, main_steps=4, budgets=(2, 4, 8),
                  lambda_rec=0.1, stage2_steps=4, stage2_batch=32, stage2_lr=3e-4,
                  dit_size='tiny', dit_steps=6, dit_batch=32, dit_lr=5e-4, n_gen=40, sample_steps=4, cfg_scales=(1.0, 2.0),
-                 n_train=300, n_val=100, workers=1, seed=0, extra=(('vtp', 4, 1.0),), data_sizes=(60,)),
+                 n_train=300, n_val=100, workers=1, seed=0, extra=(('vtp', 4, 1.0),), data_sizes=(60,), routing=(('vtp', 4),)),
     # the default study on a 2-core CPU (~30 min with 2 workers on an idle machine)
     'cpu': dict(model='small_f8d32', batch_size=128, batch_ssl=32, batch_rec=64, main_steps=400, budgets=(120, 400, 1200),
                 lambda_rec=0.1, stage2_steps=300, stage2_batch=128, stage2_lr=3e-4,
                 dit_size='tiny', dit_steps=600, dit_batch=128, dit_lr=5e-4, n_gen=500, sample_steps=25, cfg_scales=(1.0, 2.0),
-                n_train=None, n_val=None, workers=2, seed=0, extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500)),
+                n_train=None, n_val=None, workers=2, seed=0, extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500), routing=(('vtp', 400),)),
 }
 MAIN_VARIANTS = ('ae', 'clip_ae', 'ssl_ae', 'vtp')   # the paper's four tokenizers
 SCALING_VARIANTS = ('ae', 'vtp')                      # trained at every budget
@@ -46,13 +46,15 @@ def study_jobs(p:dict # a preset from `STUDY_PRESETS`
     for v, s, lr in p.get('extra', ()): jobs[f'{v}@{s},lrec{lr:g}'] = dict(variant=v, steps=s, lambda_rec=lr)  # lambda_rec sweep points
     for v in SCALING_VARIANTS:                                     # data scaling: same steps, fewer unique images
         for k in p.get('data_sizes', ()): jobs[f'{v}@{p["main_steps"]},n{k}'] = dict(variant=v, steps=p['main_steps'], max_images=k)
+    for v, s in p.get('routing', ()): jobs[f'{v}@{s},route'] = dict(variant=v, steps=s, bottleneck_ae_only=False)  # CLIP/SSL read the latent
     out = [dict(name=k, **j, budget_x=j['steps'] / min(p['budgets'])) for k, j in jobs.items()]
     return sorted(out, key=lambda j: -STEP_COST[j['variant']] * j['steps'])
 
 # %% ../nbs/20_study.ipynb #24f4d61b
 def tokenizer_config(p:dict, # preset
                      variant:str, steps:int, out_dir, lambda_rec:float|None=None, # None: the preset's
-                     max_images:int=0 # train on a fixed subset of this many images (0: all 5,000)
+                     max_images:int=0, # train on a fixed subset of this many images (0: all 5,000)
+                     bottleneck_ae_only:bool=True # False: the CLIP and SSL heads read the d-dim latent, not the pre-bottleneck features
                     ):
     "The engine's `RunConfig` for one study tokenizer: same encoder, batch and schedule for every variant."
     from vtp_nb.train import make_config
@@ -62,6 +64,7 @@ def tokenizer_config(p:dict, # preset
     o.variant, o.batch_ssl, o.batch_rec = variant, p['batch_ssl'], p['batch_rec']
     o.lambda_rec = p['lambda_rec'] if lambda_rec is None else lambda_rec
     cfg.data.max_images = max_images
+    cfg.model.bottleneck_ae_only = bottleneck_ae_only
     t = cfg.train
     t.steps, t.batch_size, t.seed, t.out_dir = steps, p['batch_size'], p['seed'], str(out_dir)
     t.ckpt_every, t.progress, t.threads, t.log_every = max(steps // 2, 1), False, 1, max(1, steps // 100)
@@ -73,7 +76,8 @@ def train_stage(job:dict, p:dict, out:Path, log) -> dict:
     ck = out/'tok'/'ckpt.pt'
     info = out/'train.json'
     if ck.exists() and info.exists() and load_checkpoint(ck)['step'] >= job['steps']: return json.loads(info.read_text())
-    cfg = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'), job.get('max_images', 0))
+    cfg = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'), job.get('max_images', 0),
+                           job.get('bottleneck_ae_only', True))
     t0 = time.time()
     r = train(cfg, resume=True if ck.exists() else None, log=log)
     m = r['metrics']
@@ -334,13 +338,16 @@ def collect(p:dict, root, jobs:list, done:dict, floors:list, meta:dict) -> dict:
     main = {f'{v}@{p["main_steps"]}': H.get(f'{v}@{p["main_steps"]}') for v in MAIN_VARIANTS}
     scaling = {v: {str(s): H[f'{v}@{s}'] for s in p['budgets'] if f'{v}@{s}' in H} for v in SCALING_VARIANTS}
     extra = {n: H[n] for n in H if ',lrec' in n}
+    route = {n: H[n] for n in H if n.endswith(',route')}
+    if route: route[f'vtp@{p["main_steps"]}'] = H.get(f'vtp@{p["main_steps"]}')   # next to the default routing
     n_all = json.loads((data_small_path()/'meta.json').read_text())['counts']['train']
     data = {v: {**{str(k): H[f'{v}@{p["main_steps"]},n{k}'] for k in p.get('data_sizes', ()) if f'{v}@{p["main_steps"]},n{k}' in H},
                 **({str(n_all): H[f'{v}@{p["main_steps"]}']} if f'{v}@{p["main_steps"]}' in H else {})} for v in SCALING_VARIANTS}
     if extra: extra[f'vtp@{p["main_steps"]}'] = H.get(f'vtp@{p["main_steps"]}')   # the lambda_rec sweep next to its default
     return dict(meta=meta, labels=HEADLINE_LABELS, floors=floors, main={k: v for k, v in main.items() if v is not None},
                 scaling=scaling, data_scaling=data if p.get('data_sizes') else {},
-                lambda_rec_sweep={k: v for k, v in extra.items() if v is not None}, runs=done)
+                lambda_rec_sweep={k: v for k, v in extra.items() if v is not None},
+                routing_ablation={k: v for k, v in route.items() if v is not None}, runs=done)
 
 def run_study(preset:str='cpu', # a key of `STUDY_PRESETS`
               out:str='runs/study', # run folder: jobs/<name>/..., results.json, figures
