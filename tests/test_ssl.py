@@ -141,7 +141,7 @@ def test_distributed_sinkhorn_and_center_match_single_process():
     ctx = mp.get_context('spawn'); q = ctx.Queue(); port = _free_port()
     ps = [ctx.Process(target=_worker, args=(r, 2, port, logits, q)) for r in range(2)]
     for p in ps: p.start()
-    res = dict((r, (sk, c)) for r, sk, c in (q.get(timeout=60) for _ in ps))
+    res = dict((r, (sk, c)) for r, sk, c in (q.get(timeout=180) for _ in ps))
     for p in ps: p.join(timeout=60)
     full = sinkhorn_knopp(logits, 0.1)
     assert torch.allclose(torch.cat([res[0][0], res[1][0]]), full, atol=1e-5)

@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 # the tiny preset, shrunk further: 3 budgets, no lambda_rec sweep point, small evaluation sets
 FAST = dict(main_steps=2, budgets=(1, 2, 3), extra=(), n_train=200, n_val=50, n_gen=20, dit_steps=3, stage2_steps=2, data_sizes=(40,),
-            routing=(('vtp', 2),))
+            routing=(('vtp', 2),), widths=(32,))
 
 
 def test_cpu_preset_is_a_matched_compute_study():
@@ -26,6 +26,7 @@ def test_cpu_preset_is_a_matched_compute_study():
     # the routing ablation changes only which features the CLIP/SSL heads read
     assert len({json.dumps(c.model.__dict__, sort_keys=True) for c in cfgs}) == 2
     assert {c.model.bottleneck_ae_only for c in cfgs} == {True, False}
+    assert not p['widths']                                  # parameter scaling is opt-in (--set 'widths=[64,192]')
     assert [j['name'] for j in jobs.values() if j.get('bottleneck_ae_only') is False] == [f"vtp@{p['main_steps']},route"]
     assert len({json.dumps({**c.model.__dict__, 'bottleneck_ae_only': True}, sort_keys=True) for c in cfgs}) == 1
     assert {(c.train.batch_size, c.objective.batch_ssl, c.objective.batch_rec) for c in cfgs} == {(128, 32, 64)}
@@ -54,6 +55,10 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     assert json.loads((tmp_path/'jobs'/'vtp_2_n40'/'tok'/'config.json').read_text())['data']['max_images'] == 40
     assert 'data_scaling.png' in on_disk['meta']['figures'] and 'ae,n40' in format_table(on_disk, section='data_scaling')
     assert set(on_disk['routing_ablation']) == {'vtp@2,route', 'vtp@2'}
+    w0 = json.loads((tmp_path/'jobs'/'vtp_2'/'tok'/'config.json').read_text())['model']['width']
+    assert {v: sorted(map(int, d)) for v, d in on_disk['param_scaling'].items()} == {'ae': [32, w0], 'vtp': [32, w0]}
+    assert json.loads((tmp_path/'jobs'/'ae_2_w32'/'tok'/'config.json').read_text())['model']['width'] == 32
+    assert 'param_scaling.png' in on_disk['meta']['figures']
     assert json.loads((tmp_path/'jobs'/'vtp_2_route'/'tok'/'config.json').read_text())['model']['bottleneck_ae_only'] is False
     assert on_disk['meta']['fid_space'] == 'ref-cls' and on_disk['meta']['preset'] == 'tiny'
     for f in on_disk['meta']['figures']: assert (tmp_path/f).stat().st_size > 1000

@@ -24,12 +24,12 @@ STUDY_PRESETS = {
     'tiny': dict(model='tiny', batch_size=32, batch_ssl=8, batch_rec=16, main_steps=4, budgets=(2, 4, 8),
                  lambda_rec=0.1, stage2_steps=4, stage2_batch=32, stage2_lr=3e-4,
                  dit_size='tiny', dit_steps=6, dit_batch=32, dit_lr=5e-4, n_gen=40, sample_steps=4, cfg_scales=(1.0, 2.0),
-                 n_train=300, n_val=100, workers=1, seed=0, extra=(('vtp', 4, 1.0),), data_sizes=(60,), routing=(('vtp', 4),)),
+                 n_train=300, n_val=100, workers=1, seed=0, extra=(('vtp', 4, 1.0),), data_sizes=(60,), routing=(('vtp', 4),), widths=()),
     # the default study on a 2-core CPU: 14 tokenizers, 62 min measured with 2 workers on a loaded shared machine
     'cpu': dict(model='small_f8d32', batch_size=128, batch_ssl=32, batch_rec=64, main_steps=400, budgets=(120, 400, 1200),
                 lambda_rec=0.1, stage2_steps=300, stage2_batch=128, stage2_lr=3e-4,
                 dit_size='tiny', dit_steps=600, dit_batch=128, dit_lr=5e-4, n_gen=500, sample_steps=25, cfg_scales=(1.0, 2.0),
-                n_train=None, n_val=None, workers=2, seed=0, extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500), routing=(('vtp', 400),)),
+                n_train=None, n_val=None, workers=2, seed=0, extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500), routing=(('vtp', 400),), widths=()),
 }
 MAIN_VARIANTS = ('ae', 'clip_ae', 'ssl_ae', 'vtp')   # the paper's four tokenizers
 SCALING_VARIANTS = ('ae', 'vtp')                      # trained at every budget
@@ -46,6 +46,8 @@ def study_jobs(p:dict # a preset from `STUDY_PRESETS`
     for v, s, lr in p.get('extra', ()): jobs[f'{v}@{s},lrec{lr:g}'] = dict(variant=v, steps=s, lambda_rec=lr)  # lambda_rec sweep points
     for v in SCALING_VARIANTS:                                     # data scaling: same steps, fewer unique images
         for k in p.get('data_sizes', ()): jobs[f'{v}@{p["main_steps"]},n{k}'] = dict(variant=v, steps=p['main_steps'], max_images=k)
+    for v in SCALING_VARIANTS:                                     # parameter scaling (opt-in): wider / narrower encoders
+        for w in p.get('widths', ()): jobs[f'{v}@{p["main_steps"]},w{w}'] = dict(variant=v, steps=p['main_steps'], width=w)
     for v, s in p.get('routing', ()): jobs[f'{v}@{s},route'] = dict(variant=v, steps=s, bottleneck_ae_only=False)  # CLIP/SSL read the latent
     out = [dict(name=k, **j, budget_x=j['steps'] / min(p['budgets'])) for k, j in jobs.items()]
     return sorted(out, key=lambda j: -STEP_COST[j['variant']] * j['steps'])
@@ -54,7 +56,8 @@ def study_jobs(p:dict # a preset from `STUDY_PRESETS`
 def tokenizer_config(p:dict, # preset
                      variant:str, steps:int, out_dir, lambda_rec:float|None=None, # None: the preset's
                      max_images:int=0, # train on a fixed subset of this many images (0: all 5,000)
-                     bottleneck_ae_only:bool=True # False: the CLIP and SSL heads read the d-dim latent, not the pre-bottleneck features
+                     bottleneck_ae_only:bool=True, # False: the CLIP and SSL heads read the d-dim latent, not the pre-bottleneck features
+                     width:int|None=None # encoder width (heads = width / 32; decoder unchanged); None: the preset model's
                     ):
     "The engine's `RunConfig` for one study tokenizer: same encoder, batch and schedule for every variant."
     from vtp_nb.train import make_config
@@ -65,6 +68,7 @@ def tokenizer_config(p:dict, # preset
     o.lambda_rec = p['lambda_rec'] if lambda_rec is None else lambda_rec
     cfg.data.max_images = max_images
     cfg.model.bottleneck_ae_only = bottleneck_ae_only
+    if width: cfg.model.width, cfg.model.heads = width, max(1, width // 32)
     t = cfg.train
     t.steps, t.batch_size, t.seed, t.out_dir = steps, p['batch_size'], p['seed'], str(out_dir)
     t.ckpt_every, t.progress, t.threads, t.log_every = max(steps // 2, 1), False, 1, max(1, steps // 100)
@@ -77,7 +81,7 @@ def train_stage(job:dict, p:dict, out:Path, log) -> dict:
     info = out/'train.json'
     if ck.exists() and info.exists() and load_checkpoint(ck)['step'] >= job['steps']: return json.loads(info.read_text())
     cfg = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'), job.get('max_images', 0),
-                           job.get('bottleneck_ae_only', True))
+                           job.get('bottleneck_ae_only', True), job.get('width'))
     t0 = time.time()
     r = train(cfg, resume=True if ck.exists() else None, log=log)
     m = r['metrics']
@@ -265,7 +269,7 @@ HEADLINE_LABELS = {
 # %% ../nbs/20_study.ipynb #6924e903
 def plot_scaling(results:dict, # the study's results.json dict
                  path=None,
-                 section:str='scaling' # 'scaling' (x: tokenizer steps) or 'data_scaling' (x: unique training images)
+                 section:str='scaling' # 'scaling' (x: tokenizer steps), 'data_scaling' (x: images) or 'param_scaling' (x: encoder width)
                 ):
     "Generation, understanding and reconstruction against the training budget or the data size, AE vs VTP."
     import matplotlib.pyplot as plt
@@ -283,10 +287,12 @@ def plot_scaling(results:dict, # the study's results.json dict
             if pts: ax.plot(*zip(*pts), 's--', color='tab:blue' if v == 'ae' else 'tab:red', alpha=0.5, label=lab)
         budgets = sorted({int(s) for d in results[section].values() for s in d})
         ax.set_xscale('log'); ax.set_xticks(budgets, [str(b) for b in budgets]); ax.minorticks_off()
-        ax.set_title(title, fontsize=8); ax.set_xlabel('tokenizer steps' if section == 'scaling' else 'unique training images', fontsize=7)
+        xlab = {'scaling': 'tokenizer steps', 'data_scaling': 'unique training images', 'param_scaling': 'encoder width'}[section]
+        ax.set_title(title, fontsize=8); ax.set_xlabel(xlab, fontsize=7)
         ax.tick_params(labelsize=6); ax.legend(fontsize=6)
-    what = ('the tokenizer budget' if section == 'scaling' else
-            f"the tokenizer's training data at {results['meta']['params']['main_steps']} steps")
+    what = {'scaling': 'the tokenizer budget',
+            'data_scaling': f"the tokenizer's training data at {results['meta']['params']['main_steps']} steps",
+            'param_scaling': f"the tokenizer's encoder width at {results['meta']['params']['main_steps']} steps"}[section]
     fig.suptitle(f"scaling {what} (data_small, preset {results['meta']['preset']}, one seed)", fontsize=9)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=80); plt.close(fig)
@@ -343,9 +349,12 @@ def collect(p:dict, root, jobs:list, done:dict, floors:list, meta:dict) -> dict:
     n_all = json.loads((data_small_path()/'meta.json').read_text())['counts']['train']
     data = {v: {**{str(k): H[f'{v}@{p["main_steps"]},n{k}'] for k in p.get('data_sizes', ()) if f'{v}@{p["main_steps"]},n{k}' in H},
                 **({str(n_all): H[f'{v}@{p["main_steps"]}']} if f'{v}@{p["main_steps"]}' in H else {})} for v in SCALING_VARIANTS}
+    w0, ms = VIT_SIZES[p['model']]().width, p['main_steps']
+    params = {v: {**{str(w): H[f'{v}@{ms},w{w}'] for w in p.get('widths', ()) if f'{v}@{ms},w{w}' in H},
+                  **({str(w0): H[f'{v}@{ms}']} if f'{v}@{ms}' in H else {})} for v in SCALING_VARIANTS}
     if extra: extra[f'vtp@{p["main_steps"]}'] = H.get(f'vtp@{p["main_steps"]}')   # the lambda_rec sweep next to its default
     return dict(meta=meta, labels=HEADLINE_LABELS, floors=floors, main={k: v for k, v in main.items() if v is not None},
-                scaling=scaling, data_scaling=data if p.get('data_sizes') else {},
+                scaling=scaling, data_scaling=data if p.get('data_sizes') else {}, param_scaling=params if p.get('widths') else {},
                 lambda_rec_sweep={k: v for k, v in extra.items() if v is not None},
                 routing_ablation={k: v for k, v in route.items() if v is not None}, runs=done)
 
@@ -387,6 +396,7 @@ def run_study(preset:str='cpu', # a key of `STUDY_PRESETS`
     figs = [('scaling.png', lambda pth: plot_scaling(res, pth)), ('chain.png', lambda pth: plot_chain(res, pth)),
             ('samples.png', lambda pth: plot_samples(root, res, pth))]
     if res['data_scaling']: figs.append(('data_scaling.png', lambda pth: plot_scaling(res, pth, 'data_scaling')))
+    if res['param_scaling']: figs.append(('param_scaling.png', lambda pth: plot_scaling(res, pth, 'param_scaling')))
     for name, fn in figs:
         fn(root/name); res['meta']['figures'].append(name)
     atomic_write_text(json.dumps(res, indent=1), root/'results.json')
@@ -400,6 +410,7 @@ def format_table(results:dict, keys=('zero-shot top-1', 'probe latent-mean', 'pr
     "A plain-text table of the headline numbers (rows: metrics, columns: runs)."
     runs = ({f'{v}@{s}': h for v, d in results['scaling'].items() for s, h in d.items()} if section == 'scaling'
             else {f'{v},n{s}': h for v, d in results['data_scaling'].items() for s, h in d.items()} if section == 'data_scaling'
+            else {f'{v},w{s}': h for v, d in results['param_scaling'].items() for s, h in d.items()} if section == 'param_scaling'
             else results[section])
     names = list(runs)
     fmt = lambda k, v: '-' if v is None else (f'{v:.1%}' if ('acc' in k or 'probe' in k or 'zero-shot' in k) else f'{v:.2f}')
