@@ -352,6 +352,7 @@ def collect(p:dict, root, jobs:list, done:dict, floors:list, meta:dict) -> dict:
     w0, ms = VIT_SIZES[p['model']]().width, p['main_steps']
     params = {v: {**{str(w): H[f'{v}@{ms},w{w}'] for w in p.get('widths', ()) if f'{v}@{ms},w{w}' in H},
                   **({str(w0): H[f'{v}@{ms}']} if f'{v}@{ms}' in H else {})} for v in SCALING_VARIANTS}
+    params = {v: dict(sorted(d.items(), key=lambda kv: int(kv[0]))) for v, d in params.items()}   # narrow to wide
     if extra: extra[f'vtp@{p["main_steps"]}'] = H.get(f'vtp@{p["main_steps"]}')   # the lambda_rec sweep next to its default
     return dict(meta=meta, labels=HEADLINE_LABELS, floors=floors, main={k: v for k, v in main.items() if v is not None},
                 scaling=scaling, data_scaling=data if p.get('data_sizes') else {}, param_scaling=params if p.get('widths') else {},
