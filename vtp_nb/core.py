@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'set_threads', 'from_uint8', 'to_uint8', 'show_images', 'atomic_save', 'atomic_write_text',
-           'repo_root', 'data_small_path', 'count_params', 'fmt_count', 'flop_counter']
+           'repo_root', 'data_small_path', 'count_params', 'fmt_count', 'flop_counter', 'is_dist', 'dist_info',
+           'init_dist']
 
 # %% ../nbs/00_core.ipynb #66ad8cb9
 def set_seed(seed:int # seed for python, numpy and torch (all devices)
@@ -119,3 +120,21 @@ def flop_counter(**kwargs):
     for name, f in (('_scaled_dot_product_flash_attention_for_cpu', fwd), ('_scaled_dot_product_flash_attention_for_cpu_backward', bwd)):
         if hasattr(aten, name): extra[getattr(aten, name)] = f
     return FlopCounterMode(display=kwargs.pop('display', False), custom_mapping={**extra, **kwargs.pop('custom_mapping', {})}, **kwargs)
+
+# %% ../nbs/00_core.ipynb #b60b6df1
+def is_dist() -> bool:
+    "True inside an initialised `torch.distributed` process group."
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+def dist_info() -> tuple[int, int]:
+    "(rank, world size); (0, 1) outside `torch.distributed`."
+    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if is_dist() else (0, 1)
+
+def init_dist(cuda:bool|None=None # NCCL on the LOCAL_RANK GPU; None: when CUDA is available (else gloo)
+             ) -> tuple[int, int]:
+    "Join the torchrun process group when WORLD_SIZE > 1 (once); returns (rank, world size)."
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not is_dist():
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        torch.distributed.init_process_group('nccl' if cuda else 'gloo')
+    return dist_info()

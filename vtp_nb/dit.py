@@ -12,7 +12,8 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from safetensors.torch import save_file, load_file
 from fastprogress.fastprogress import progress_bar
-from .core import set_seed, get_device, atomic_save, atomic_write_text, from_uint8, to_uint8, show_images, count_params, fmt_count
+from .core import (set_seed, get_device, atomic_save, atomic_write_text, from_uint8, to_uint8, show_images, count_params, fmt_count,
+                         dist_info, init_dist)
 from .dit_model import DiTConfig, DIT_SIZES, LightningDiT
 from .vit import load_tokenizer
 
@@ -356,12 +357,6 @@ class StepSampler:
         start = k * self.per_step + (micro * self.world + rank) * self.bs
         return self.perm(epoch)[start:start + self.bs]
 
-def _dist_info() -> tuple[int, int]:
-    "(rank, world size); (0, 1) outside torch.distributed."
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
 def _rng_state(gd:torch.Generator, device) -> dict:
     return {'noise': gd.get_state(), 'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state(device) if device.type == 'cuda' else None}
 
@@ -383,7 +378,7 @@ def train_dit(cfg:DiTConfig, # model config (in_channels, num_classes must match
     if not shards and labels is None: raise ValueError('labels are required with a latent tensor')
     fetch = latents.batch if shards else (lambda i: (latents[i.to(latents.device)], labels[i.to(labels.device)]))
     if not shards: labels = labels.long()  # latents stay where they are (CPU for big sets); each batch is moved to the device
-    rank, world = _dist_info()
+    rank, world = dist_info()
     device = get_device(device); set_seed(seed)
     if device.type == 'cuda' and device.index is None: device = torch.device('cuda', torch.cuda.current_device())
     model = LightningDiT(cfg).to(device)
@@ -511,15 +506,6 @@ def _parser():
     s.add_argument('--device', default=None)
     return p
 
-def _init_dist(device=None) -> tuple[int, int]:
-    "Join the torchrun process group when WORLD_SIZE > 1 (nccl on GPUs, gloo on CPU): (rank, world)."
-    if int(os.environ.get('WORLD_SIZE', 1)) <= 1: return 0, 1
-    if not torch.distributed.is_initialized():
-        cuda = torch.cuda.is_available() and (device is None or str(device).startswith('cuda'))
-        if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-        torch.distributed.init_process_group('nccl' if cuda else 'gloo')
-    return _dist_info()
-
 def _train_cli(a, rank:int, world:int):
     "The `train` command on one process of `world`."
     pre = PRESETS[a.preset]
@@ -566,7 +552,7 @@ def main(argv:list|None=None):
         print(f"wrote {stats['num_latents']} latents of shape {stats['latent_shape']} in {stats['shards']} shard(s) to {a.out}")
         return stats
     if a.cmd == 'train':
-        rank, world = _init_dist(a.device)
+        rank, world = init_dist(torch.cuda.is_available() and (a.device is None or str(a.device).startswith('cuda')))
         try: res = _train_cli(a, rank, world)
         except BaseException:
             if world > 1: torch.distributed.destroy_process_group()

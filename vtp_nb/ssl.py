@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.distributed as dist
+from .core import is_dist
 
 # %% auto #0
 __all__ = ['MultiCropConfig', 'crop_boxes', 'hue_rotation', 'gaussian_blur', 'photometric', 'multicrop', 'torchvision_multicrop',
@@ -248,11 +249,9 @@ class DINOHead(nn.Module):
         return self.last_layer(x)                         # (..., K) cosine similarities to the prototypes
 
 # %% ../nbs/05_ssl.ipynb #00a804fa
-def _is_dist(): return dist.is_available() and dist.is_initialized()
-
 def all_reduce_(x:torch.Tensor, op=None) -> torch.Tensor:
     "In-place all-reduce (sum by default) when torch.distributed is initialised; identity otherwise."
-    if _is_dist(): dist.all_reduce(x, op=op or dist.ReduceOp.SUM)
+    if is_dist(): dist.all_reduce(x, op=op or dist.ReduceOp.SUM)
     return x
 
 @torch.no_grad()
@@ -263,7 +262,7 @@ def sinkhorn_knopp(teacher_logits:torch.Tensor, # (B, K) teacher logits on this 
                   ) -> torch.Tensor:
     "Sinkhorn-Knopp teacher targets `(B, K)`: rows sum to 1, prototypes used ~equally (distributed-aware)."
     t = teacher_logits.float() / teacher_temp
-    mx = all_reduce_(t.max().clone(), dist.ReduceOp.MAX if _is_dist() else None)
+    mx = all_reduce_(t.max().clone(), dist.ReduceOp.MAX if is_dist() else None)
     Q = torch.exp(t - mx).t()                                    # (K, B)
     K = Q.shape[0]
     B = n_samples if n_samples is not None else int(all_reduce_(torch.tensor(Q.shape[1], device=Q.device)))

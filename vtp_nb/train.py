@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.distributed as dist
 from .core import (set_seed, get_device, set_threads, atomic_save, atomic_write_text, count_params, fmt_count, data_small_path,
-                         flop_counter)
+                         flop_counter, is_dist, init_dist)
 from .vit import ViTConfig, VisualTokenizer, VIT_SIZES, Block, load_tokenizer
 from .data import load_data_small, TEMPLATES
 from .clip import ClipConfig, text_config, get_tokenizer
@@ -428,7 +428,6 @@ def _set_rng_state(s:dict):
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
     if s.get('cuda') is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-def _is_dist(): return dist.is_available() and dist.is_initialized()
 
 def model_state(model:VTP, opt=None) -> tuple:
     "Full (unsharded) model state split into sections, and the optimiser state keyed by parameter name."
@@ -446,10 +445,10 @@ def save_checkpoint(path, # destination file (replaced atomically)
                     model:VTP, opt, step:int, cfg:RunConfig, extra:dict|None=None) -> Path|None:
     "Gather the full state on rank 0 and write it atomically; returns the path on rank 0."
     secs, osd = model_state(model, opt)
-    rng = [None] * dist.get_world_size() if _is_dist() else None
-    if _is_dist(): dist.all_gather_object(rng, _rng_state())
+    rng = [None] * dist.get_world_size() if is_dist() else None
+    if is_dist(): dist.all_gather_object(rng, _rng_state())
     else: rng = [_rng_state()]
-    if _is_dist() and dist.get_rank() != 0: return None
+    if is_dist() and dist.get_rank() != 0: return None
     ck = dict(format=CKPT_FORMAT, config=config_to_dict(cfg), step=step, optimizer=osd, rng=rng, **secs, **(extra or {}))
     return atomic_save(ck, path)
 
@@ -577,12 +576,7 @@ def init_weights(model:VTP, # freshly built, not yet wrapped (DDP/FSDP) or given
 # %% ../nbs/08_train.ipynb #ec5dd507
 def setup_dist() -> tuple:
     "Join the torchrun process group if there is one: (rank, world_size, device)."
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    if world > 1 and not _is_dist():
-        cuda = torch.cuda.is_available()
-        if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-        dist.init_process_group('nccl' if cuda else 'gloo')
-    rank = dist.get_rank() if _is_dist() else 0
+    rank, world = init_dist()
     dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if torch.cuda.is_available() else torch.device('cpu')
     return rank, world, dev
 
@@ -691,7 +685,7 @@ def train(cfg:RunConfig, # resolved run config (validated here)
                                                 cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float('inf'))
             if hasattr(gn, 'full_tensor'): gn = gn.full_tensor()
             ok = torch.tensor([float(torch.isfinite(loss.detach()).all() and torch.isfinite(gn))], device=dev)
-            if _is_dist(): dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+            if is_dist(): dist.all_reduce(ok, op=dist.ReduceOp.MIN)
             if ok.item() == 1:
                 opt.step(); model.after_step(); model.update_teacher(sc['momentum']); bad = 0
             else:
@@ -700,7 +694,7 @@ def train(cfg:RunConfig, # resolved run config (validated here)
             opt.zero_grad(set_to_none=True)
             keys = sorted(k for k, v in res.items() if k != 'loss' and torch.is_tensor(v) and v.numel() == 1) + ['loss']
             v = torch.stack([res[k].detach().float().reshape(()) for k in keys[:-1]] + [loss.detach().float()])
-            if _is_dist(): dist.all_reduce(v); v = v / world
+            if is_dist(): dist.all_reduce(v); v = v / world
             vals = dict(zip(keys, v.tolist()))                                  # one device sync for every logged term
             dt = time.perf_counter() - t0
             last = dict(step=step, **vals, lr=sc['lr'], wd=sc['wd'], momentum=sc['momentum'], teacher_temp=sc['teacher_temp'],
@@ -837,11 +831,11 @@ def main(argv=None):
         res = train(cfg, resume=args.resume, log=partial(print, flush=True))   # flushed: torchrun pipes stdout
         # Every rank waits here until all are done (rank 0 writes the checkpoint last): a rank that tore down its
         # gloo group and exited while a peer was still busy aborted in C++ about 1 run in 10 (measured, torch 2.14).
-        if _is_dist(): dist.barrier()
+        if is_dist(): dist.barrier()
     except (ConfigError, FileNotFoundError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr); return 2
     finally:
-        if _is_dist(): dist.destroy_process_group()
+        if is_dist(): dist.destroy_process_group()
     return 0
 
 # %% ../nbs/08_train.ipynb #ecfbdbc1
