@@ -1,4 +1,4 @@
-"Tests for vtp_nb.dit_model and vtp_nb.dit: adaLN-Zero init, CFG null class, exact transport, latent stats, determinism, CLI."
+"Tests for vtp_nb.lightningdit and vtp_nb.dit: adaLN-Zero init, CFG null class, exact transport, latent stats, determinism, CLI."
 import os, sys, json, subprocess
 os.environ['HF_HUB_OFFLINE'] = '1'
 from dataclasses import asdict
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
 from vtp_nb.core import set_seed, atomic_save, data_small_path
-from vtp_nb.dit_model import DiTConfig, DIT_SIZES, LightningDiT, DiTBlock
+from vtp_nb.lightningdit import DiTConfig, DIT_SIZES, LightningDiT, DiTBlock
 from vtp_nb.dit import (GaussianMixture2D, ode_solve, sample_dit, extract_latents, load_latents, normalize_latents,
                         denormalize_latents, train_dit, load_tokenizer, main, shift_time, flow_loss, LatentShards,
                         StepSampler, plan_batch)

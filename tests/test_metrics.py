@@ -71,7 +71,7 @@ def test_lpips_rules(val):
 
 def _tiny_ckpts(d):
     from vtp_nb.vit import VisualTokenizer, VIT_SIZES
-    from vtp_nb.dit_model import LightningDiT, DiTConfig
+    from vtp_nb.lightningdit import LightningDiT, DiTConfig
     set_seed(0); cfg = VIT_SIZES['tiny']()
     atomic_save({'config': asdict(cfg), 'model': VisualTokenizer(cfg).state_dict()}, d/'tok.pt')
     dcfg = DiTConfig(in_channels=cfg.bottleneck_dim, input_size=4, hidden_size=32, depth=1, num_heads=2)

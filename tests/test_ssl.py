@@ -1,4 +1,4 @@
-"Tests for vtp_nb.ssl and vtp_nb.teacher: masks over many seeds, the VisualTokenizer contract, distributed code paths."
+"Tests for vtp_nb.ssl and vtp_nb.ssl_branch: masks over many seeds, the VisualTokenizer contract, distributed code paths."
 import os, math, random, socket
 os.environ['HF_HUB_OFFLINE'] = '1'
 import pytest
@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from vtp_nb.ssl import (MultiCropConfig, multicrop, photometric, block_mask, ibot_masks, DINOHead, DINOLoss,
                         iBOTPatchLoss, KoLeoLoss, sinkhorn_knopp, collapse_stats)
-from vtp_nb.teacher import EMATeacher, SSLBranch, SSLConfig, warmup_cosine, unwrap
+from vtp_nb.ssl_branch import EMATeacher, SSLBranch, SSLConfig, warmup_cosine, unwrap
 
 torch.set_num_threads(1)
 
