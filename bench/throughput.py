@@ -106,18 +106,18 @@ def breakdown(step, dev, iters:int=3) -> dict:
 def vtp_step(cfg, dev, amp:bool):
     "A closure running one full training step of the engine's VTP model on random data."
     from vtp_nb.vtp import build_vtp
-    from vtp_nb.train import param_groups, schedules
+    from vtp_nb.train import param_groups
+    from vtp_nb.ssl_branch import ssl_schedule
     from vtp_nb.clip import get_tokenizer
     torch.manual_seed(0)
     model = build_vtp(cfg).to(dev).train()
     opt = torch.optim.AdamW(param_groups(model), lr=1e-4, betas=(0.9, 0.95))
-    for g in opt.param_groups: g.pop('names', None)
     B, s = cfg.train.batch_size, cfg.data.image_size
     images = torch.rand(B, 3, s, s, device=dev) * 2 - 1
     ctx = cfg.clip.text.context_length if hasattr(cfg.clip, 'text') else cfg.clip.context_length
     tokens = get_tokenizer(ctx)(['a photo of a square.'] * B).to(dev)
     sampler = model.sampler(B, 0)
-    temp = schedules(cfg, 0)['teacher_temp']
+    temp = ssl_schedule(cfg.ssl, 0, cfg.train.steps)['teacher_temp']
     autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     state = dict(step=0)
     def step():
@@ -176,7 +176,7 @@ def main(argv=None):
     if dev.type == 'cpu':
         n = a.threads or int(os.environ.get('OMP_NUM_THREADS', 0)) or os.cpu_count()
         torch.set_num_threads(n)
-    from vtp_nb.train import make_config
+    from vtp_nb.scales import make_config
     amp = dev.type == 'cuda'                                   # bf16 autocast on GPUs only, never on a CPU
     peak_dtype = torch.bfloat16 if amp else torch.float32
     res = dict(date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), machine=platform.node(), cpu=platform.processor() or platform.machine(),

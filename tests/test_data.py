@@ -1,4 +1,4 @@
-"Tests for vtp_nb.data: the shipped data_small, its generator and CLI, and the loaders on bad input."
+"Tests for vtp_nb.data and vtp_nb.loaders: the shipped data_small, its generator and CLI, and the loaders on bad input."
 import os, io, csv, subprocess, sys, warnings
 os.environ['HF_HUB_OFFLINE'] = '1'
 from pathlib import Path
@@ -6,7 +6,8 @@ import numpy as np, pytest, torch
 from PIL import Image
 from vtp_nb.core import data_small_path
 from vtp_nb.data import (CLASSES, TEMPLATES, DATA_SEED, N_TRAIN, N_VAL, load_data_small, render_sample, render_shapes,
-                         write_data_small, encoder_transform, ImageFolderCaptions, CaptionTable, WebImageText, split_indices)
+                         write_data_small)
+from vtp_nb.loaders import encoder_transform, ImageFolderCaptions, CaptionTable, WebImageText, split_indices
 
 TF = encoder_transform(32)
 ROOT = data_small_path()

@@ -168,7 +168,7 @@ def test_paper_preset_is_selectable():
 
 def test_extract_from_image_folder_dataset(tmp_path):
     "A dict-yielding Dataset (vtp_nb.data.ImageFolderCaptions) streams through a DataLoader."
-    data = pytest.importorskip('vtp_nb.data')
+    data = pytest.importorskip('vtp_nb.loaders')
     from PIL import Image
     for c in ('cat', 'dog'):
         (tmp_path / 'imgs' / c).mkdir(parents=True)

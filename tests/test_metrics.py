@@ -104,13 +104,15 @@ def test_evaluate_cli_bad_ckpt(tmp_path):
 
 def test_zero_shot_from_train_checkpoint(tmp_path, val):
     "A vtp_nb.train-format checkpoint with a CLIP branch gets labelled zero-shot numbers."
-    from vtp_nb.train import make_config, config_to_dict, CKPT_FORMAT
+    from vtp_nb.scales import make_config
+    from vtp_nb.config import config_to_dict
+    from vtp_nb.checkpoint import CKPT_FORMAT
     from vtp_nb.clip import ClipBranch
     from vtp_nb.vit import VisualTokenizer
     from vtp_nb.evaluate import load_for_eval, zero_shot
     cfg = make_config('small'); set_seed(0)
     tok = VisualTokenizer(cfg.model); clip = ClipBranch(tok.semantic_dim, cfg.clip)
-    torch.save({'format': CKPT_FORMAT, 'config': config_to_dict(cfg), 'model': tok.state_dict(), 'clip': clip.state_dict()}, tmp_path/'ckpt.pt')
+    torch.save({'format': CKPT_FORMAT, 'kind': 'tokenizer', 'config': config_to_dict(cfg), 'model': tok.state_dict(), 'clip': clip.state_dict()}, tmp_path/'ckpt.pt')
     t, c = load_for_eval(tmp_path)
     assert c is not None and c.logit_scale.shape == (1,)
     torch.testing.assert_close(c.image_head.proj.weight, clip.image_head.proj.weight)

@@ -9,7 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from vtp_nb.ssl import (MultiCropConfig, multicrop, photometric, block_mask, ibot_masks, DINOHead, DINOLoss,
                         iBOTPatchLoss, KoLeoLoss, sinkhorn_knopp, collapse_stats)
-from vtp_nb.ssl_branch import EMATeacher, SSLBranch, SSLConfig, warmup_cosine, unwrap
+from vtp_nb.ssl_branch import EMATeacher, SSLBranch, SSLConfig, unwrap
+from vtp_nb.core import warmup_cosine
 
 torch.set_num_threads(1)
 

@@ -3,7 +3,7 @@ import os, sys, json, subprocess, shutil
 os.environ['HF_HUB_OFFLINE'] = '1'
 from pathlib import Path
 import pytest, torch
-from vtp_nb import train as T
+from vtp_nb import train as T, loaders as L
 
 TINY = ['model.width=32', 'model.depth=1', 'model.heads=2', 'model.dec_width=32', 'model.dec_depth=1', 'model.dec_heads=2',
         'train.batch_size=16', 'objective.batch_ssl=4', 'objective.batch_rec=8', 'ssl.out_dim=64', 'ssl.hidden_dim=32',
@@ -23,6 +23,10 @@ def tiny_cfg(tmp, data_root, *extra, scale='small'):
     cfg = T.make_config(scale)
     return T.apply_overrides(cfg, TINY + [f'data.path={data_root}', f'train.out_dir={tmp}'] + list(extra))
 
+def stop_after(n):
+    "An engine callback that stops the run after n steps (as a signal would)."
+    return lambda state: state.stop() if state.step + 1 == n else None
+
 def cli(*args, nproc=0, timeout=120):
     cmd = ([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}'] if nproc else [sys.executable])
     cmd += ['-m', 'vtp_nb.train', *args]
@@ -33,14 +37,14 @@ def test_cli_small_runs_and_writes_run_folder(tmp_path, data_root):
     assert r.returncode == 0, r.stderr
     assert {'ckpt.pt', 'config.json', 'metrics.jsonl', 'loss.png'} <= {p.name for p in tmp_path.iterdir()}
     rows = [json.loads(l) for l in (tmp_path/'metrics.jsonl').read_text().splitlines()]
-    assert [r['step'] for r in rows] == [0, 1, 2] and all(k in rows[0] for k in ('rec', 'ssl', 'clip', 'img_per_s', 'flops_per_s'))
+    assert [r['step'] for r in rows] == [0, 1, 2] and all(k in rows[0] for k in ('rec', 'ssl', 'clip', 'samples_per_s', 'flops_per_s'))
     assert json.loads((tmp_path/'config.json').read_text())['model']['width'] == 32
     tok = T.load_tokenizer(tmp_path)
     assert tok.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 32 // 4 if False else tok.cfg.bottleneck_dim, 4, 4)
 
 def test_resume_is_exact(tmp_path, data_root):
     a = T.train(tiny_cfg(tmp_path/'a', data_root, 'train.steps=4', 'train.ckpt_every=2'), log=lambda *_: None)
-    T.train(tiny_cfg(tmp_path/'b', data_root, 'train.steps=4', 'train.ckpt_every=2', 'train.stop_at=2'), log=lambda *_: None)
+    T.train(tiny_cfg(tmp_path/'b', data_root, 'train.steps=4', 'train.ckpt_every=2'), log=lambda *_: None, callbacks=[stop_after(2)])
     assert T.load_checkpoint(tmp_path/'b')['step'] == 2
     b = T.train(tiny_cfg(tmp_path/'b', data_root, 'train.steps=4', 'train.ckpt_every=2'), resume=True, log=lambda *_: None)
     la = [r['loss'] for r in a['rows']]; lb = [r['loss'] for r in b['rows']]
@@ -55,13 +59,13 @@ def test_checkpoint_sections_line_up_with_official_names(tmp_path, data_root):
     from vtp_nb.official import ours_to_official_state_dict, official_state_dict_to_ours
     T.train(tiny_cfg(tmp_path, data_root, 'train.steps=1'), log=lambda *_: None)
     ck = T.load_checkpoint(tmp_path)
-    assert ck['format'] == 'vtp_nb.ckpt/2' and ck['clip']['logit_scale'].shape == (1,)
+    assert ck['format'] == 'vtp_nb.ckpt/3' and ck['kind'] == 'tokenizer' and ck['clip']['logit_scale'].shape == (1,)
     assert 'image_head.proj.weight' in ck['clip'] and any(k.startswith('text.transformer.') for k in ck['clip'])
     assert {k.split('.')[0] for k in ck['teacher']} == {'tokenizer', 'dino_head'}
     assert not any(k.startswith('tokenizer.decoder.') for k in ck['teacher'])          # the teacher has no pixel decoder
     assert {'dino_loss.center', 'ibot_loss.center'} <= set(ck['ssl'])
     flat = T.checkpoint_flat_state(ck)
-    cfg = T.config_from_dict(ck['config'])
+    cfg = T.run_config_from_dict(ck['config'])
     off = ours_to_official_state_dict(flat, cfg.model, layout='legacy')
     assert 'teacher_trunk.cls_token' in off and 'dino_head.last_layer.weight_g' in off and 'proj.weight' in off
     back = official_state_dict_to_ours(off, layout='legacy')
@@ -81,7 +85,8 @@ def test_bad_configs_name_the_field(sets, msg):
 def test_cli_bad_input_exit_codes(capsys):
     assert T.main(['--scale', 'huge', '--plan']) == 2 and "'huge' is unknown" in capsys.readouterr().err
     assert T.main(['--scale', 'demo', '--steps', '1']) == 2 and 'data.path is empty' in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown field 'depht'"): T.main(['--scale', 'small', '--set', 'model.depht=3'])
+    assert T.main(['--scale', 'small', '--set', 'model.depht=3']) == 2
+    assert "model has no field 'depht' (did you mean 'model.depth'?)" in capsys.readouterr().err
 
 def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, data_root, monkeypatch):
     T.train(tiny_cfg(tmp_path, data_root, 'train.steps=2', 'train.ckpt_every=2'), log=lambda *_: None)
@@ -94,12 +99,24 @@ def test_crash_while_writing_checkpoint_keeps_previous(tmp_path, data_root, monk
     assert T.load_checkpoint(tmp_path)['step'] == 2
     assert not [p for p in tmp_path.iterdir() if p.name.endswith('.tmp')]
 
-def test_nan_guard_skips_then_aborts(tmp_path, data_root):
+def nan_at(monkeypatch, steps):
+    "Make the VTP loss NaN at these steps (a fault injected from the test, not through the config)."
+    orig = T.VTPTask.loss
+    def loss(self, runner, batch, step, micro, sched):
+        out = orig(self, runner, batch, step, micro, sched)
+        return dict(out, loss=out['loss'] * float('nan')) if step in steps else out
+    monkeypatch.setattr(T.VTPTask, 'loss', loss)
+
+def test_nan_guard_skips_then_aborts(tmp_path, data_root, monkeypatch):
+    nan_at(monkeypatch, {1})
     logs = []
-    res = T.train(tiny_cfg(tmp_path, data_root, 'train.steps=4', 'train.nan_steps=1'), log=logs.append)
+    res = T.train(tiny_cfg(tmp_path, data_root, 'train.steps=4'), log=logs.append)
     assert [r['skipped'] for r in res['rows']] == [0, 1, 0, 0] and any('update skipped' in l for l in logs)
-    with pytest.raises(T.NonFiniteLoss, match='2 non-finite losses in a row'):
-        T.train(tiny_cfg(tmp_path/'x', data_root, 'train.steps=6', 'train.nan_steps=1,2,3', 'train.max_nonfinite=2'), log=lambda *_: None)
+    ck = T.load_checkpoint(tmp_path)
+    assert all(torch.isfinite(v).all() for v in ck['model'].values())          # the NaN never reached the weights
+    nan_at(monkeypatch, {1, 2, 3})
+    with pytest.raises(T.NonFiniteLoss, match='2 non-finite steps in a row'):
+        T.train(tiny_cfg(tmp_path/'x', data_root, 'train.steps=6', 'train.max_nonfinite=2'), log=lambda *_: None)
 
 def test_plan_full_without_gpu(capsys):
     assert T.main(['--scale', 'full']) == 0
@@ -139,31 +156,29 @@ def test_imagefolder_workers_give_the_same_batches(tmp_path):
     for c in ('cat', 'dog'):
         (tmp_path/'imgs'/c).mkdir(parents=True)
         for i in range(8): Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(tmp_path/'imgs'/c/f'{i}.png')
-    def data(workers):
-        cfg = T.apply_overrides(T.make_config('demo'), [f'data.path={tmp_path/"imgs"}', 'data.image_size=32',
-                                                         'train.batch_size=4', f'data.num_workers={workers}'])
-        return T.StepData(cfg)
+    ds, _ = L.open_images('imagefolder', str(tmp_path/'imgs'), 32)
+    def data(workers): return L.StepBatches(ds, L.StepSampler(len(ds), 4, seed=0), num_workers=workers)
     serial, par = data(0), data(2)
     for step in (0, 1, 2, 7, 8):
-        (a, ta), (b, tb) = serial.batch(step), par.batch(step)
-        assert torch.equal(a, b) and torch.equal(ta, tb) and a.shape == (4, 3, 32, 32)
+        a, b = serial.batch(step), par.batch(step)
+        assert torch.equal(a['image'], b['image']) and a['caption'] == b['caption'] and a['image'].shape == (4, 3, 32, 32)
 
 def test_max_images_trains_on_a_fixed_nested_subset(data_root):
     "data.max_images: the same images whatever train.seed, nested as it grows, captions still aligned with their images."
-    a, b = T.subset_indices(5000, 300), T.subset_indices(5000, 1000)
-    assert len(a) == 300 and set(a.tolist()) <= set(b.tolist()) and T.subset_indices(5000, 0) is None
-    cfg = T.apply_overrides(T.make_config('small'), [f'data.path={data_root}', 'data.max_images=20', 'train.batch_size=8', 'train.seed=3'])
-    d = T.StepData(cfg)
-    keep = T.subset_indices(len(d.ds), 20)
-    assert d.n == 20 and 'subset of 20' in d.desc
-    tok = T.get_tokenizer(cfg.clip.text.context_length)
+    a, b = L.subset_indices(5000, 300), L.subset_indices(5000, 1000)
+    assert len(a) == 300 and set(a.tolist()) <= set(b.tolist()) and L.subset_indices(5000, 0) is None
+    full = L.load_data_small('train', root=data_root)
+    ds, desc = L.open_images('small', str(data_root), 32, max_images=20)
+    keep = L.subset_indices(len(full), 20)
+    assert len(ds) == 20 and 'subset of 20' in desc
+    d = L.StepBatches(ds, L.StepSampler(20, 8, seed=3))
     seen = set()
     for step in range(10):
-        x, t = d.batch(step)
-        idx = T.step_indices(20, 8, step, 3, 0, 1)
-        torch.testing.assert_close(x, d.ds.to_float(keep[idx]))
-        assert torch.equal(t, tok([d.ds.captions[i] for i in keep[idx].tolist()]))
-        seen |= set(keep[idx].tolist())
+        b = d.batch(step)
+        rows = keep[b['index']]
+        torch.testing.assert_close(b['image'], full.to_float(rows))
+        assert b['caption'] == [full.captions[i] for i in rows.tolist()]
+        seen |= set(rows.tolist())
     assert seen <= set(keep.tolist())
     with pytest.raises(T.ConfigError, match='data.max_images'):
         T.validate(T.apply_overrides(T.make_config('small'), ['data.max_images=-1']))
@@ -224,7 +239,7 @@ def test_resume_ignores_init_from(tmp_path, data_root):
     folder, _ = official_folder(tmp_path)
     cfg = lambda: tiny_cfg(tmp_path/'run', data_root, *INIT, f'train.init_from={folder}', 'train.steps=2')
     logs = []
-    T.train(T.apply_overrides(cfg(), ['train.stop_at=1']), log=logs.append)
+    T.train(cfg(), log=logs.append, callbacks=[stop_after(1)])
     assert any('loaded tokenizer' in l for l in logs)
     shutil.rmtree(folder)
     logs.clear()
@@ -232,7 +247,7 @@ def test_resume_ignores_init_from(tmp_path, data_root):
     assert res['step'] == 2 and T.load_checkpoint(tmp_path/'run')['step'] == 2
     assert any('ignored: resuming' in l for l in logs) and not any('loaded tokenizer' in l for l in logs)
 
-# ---------- the full scale's data path: webdataset image-text shards (StreamData) ----------
+# ---------- the full scale's data path: webdataset image-text shards (loaders.StreamBatches) ----------
 
 WDS = ['data.kind=webdataset', 'data.image_size=32', 'model.patch_size=8', 'model.img_size=32', 'ssl.crops.global_size=32',
        'ssl.crops.local_size=16', 'rec.perceptual=none', 'clip.text.context_length=16', 'data.num_workers=0']
@@ -258,30 +273,32 @@ def wds_cfg(tmp, pattern, *extra, scale='small'):
 def test_webdataset_trains_and_captions_reach_clip(tmp_path, monkeypatch):
     "data.kind=webdataset: a few steps, a checkpoint, finite losses; batches are (b, 3, 32, 32) and their tokens are the shards' captions."
     pattern, caps = wds_shards(tmp_path/'shards')
-    tok = T.get_tokenizer(16)
-    known = {tuple(r.tolist()) for r in tok(caps)}
-    seen, orig = [], T.StreamData.batch
-    def spy(self, step):
-        x, t = orig(self, step); seen.append((x.shape, t)); return x, t
-    monkeypatch.setattr(T.StreamData, 'batch', spy)
+    seen, orig, tokens = [], L.StreamBatches.batch, []
+    def spy(self, step, micro=0):
+        b = orig(self, step, micro); seen.append((b['image'].shape, b['caption'])); return b
+    monkeypatch.setattr(L.StreamBatches, 'batch', spy)
+    real = T.VTP.make_batch
+    monkeypatch.setattr(T.VTP, 'make_batch', lambda self, x, t, *a: (tokens.append(t), real(self, x, t, *a))[1])
     res = T.train(wds_cfg(tmp_path/'run', pattern, 'train.steps=3'), log=lambda *_: None)
     assert res['step'] == 3 and T.load_checkpoint(tmp_path/'run')['step'] == 3
     assert all(torch.isfinite(torch.tensor([r['loss'], r['clip'], r['rec'], r['ssl']])).all() for r in res['rows'])
     assert len(seen) == 3 and all(s == (16, 3, 32, 32) for s, _ in seen)
-    assert all(tuple(r.tolist()) in known for _, t in seen for r in t)
-    ck = T.load_checkpoint(tmp_path/'run')
-    assert ck['samples_seen'] == 48 and ck['data']['kind'] == 'webdataset' and ck['data']['samples'] == 48 and ck['data']['skipped'] == 0
+    assert all(c in caps for _, cs in seen for c in cs)
+    tok = T.get_tokenizer(16)
+    assert all(torch.equal(t, tok(cs)) for t, (_, cs) in zip(tokens, seen))          # the captions reach the text tower
+    ex = T.load_checkpoint(tmp_path/'run')['extra']
+    assert ex['samples_seen'] == 48 and ex['data']['kind'] == 'webdataset' and ex['data']['samples'] == 48 and ex['data']['skipped'] == 0
 
 def test_webdataset_workers_and_ranks_read_different_samples(tmp_path):
     "Each rank (and each DataLoader worker) draws its own resampled, seeded stream: reproducible, different per rank; images in [-1, 1]."
     pattern, caps = wds_shards(tmp_path/'shards', n_shards=4, n=8)
     def captions(rank, workers=0, steps=4):
-        d = T.StreamData(wds_cfg(tmp_path, pattern, 'train.batch_size=8', f'data.num_workers={workers}'), rank=rank, world=2)
+        d = L.StreamBatches(pattern, 32, 4, rank=rank, num_workers=workers)
         out = []
         for s in range(steps):
-            x, t = d.batch(s)
-            assert x.shape == (4, 3, 32, 32) and -1 <= x.min() and x.max() <= 1
-            out += [tuple(r.tolist()) for r in t]
+            b = d.batch(s)
+            assert b['image'].shape == (4, 3, 32, 32) and -1 <= b['image'].min() and b['image'].max() <= 1
+            out += b['caption']
         return out, d
     (a, _), (a2, _), (b, _) = captions(0), captions(0), captions(1)
     assert a == a2 and a != b
@@ -296,7 +313,7 @@ def test_torchrun_full_scale_webdataset(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert 'world=2 strategy=fsdp' in r.stdout and 'webdataset' in r.stdout and '2 shards' in r.stdout, r.stdout
     ck = T.load_checkpoint(tmp_path/'run')
-    assert ck['step'] == 2 and ck['samples_seen'] == 32 and ck['data']['samples'] == 16   # rank 0 read half of each global batch
+    assert ck['step'] == 2 and ck['extra']['samples_seen'] == 32 and ck['extra']['data']['samples'] == 16   # rank 0 read half of each global batch
 
 def test_webdataset_resume_continues(tmp_path):
     """Resume with webdataset is NOT sample-exact (the stream is reseeded from the start step). What is guaranteed: it
@@ -304,30 +321,29 @@ def test_webdataset_resume_continues(tmp_path):
     checkpoint records the stream's start step; the resumed stream differs from the first one (not a replay)."""
     pattern, _ = wds_shards(tmp_path/'shards')
     cfg = lambda *x: wds_cfg(tmp_path/'run', pattern, 'train.steps=4', 'train.ckpt_every=2', *x)
-    T.train(cfg('train.stop_at=2'), log=lambda *_: None)
+    T.train(cfg(), log=lambda *_: None, callbacks=[stop_after(2)])
     ck = T.load_checkpoint(tmp_path/'run')
-    assert ck['step'] == 2 and ck['samples_seen'] == 32 and ck['data']['start_step'] == 0
+    assert ck['step'] == 2 and ck['extra']['samples_seen'] == 32 and ck['extra']['data']['start_step'] == 0
     res = T.train(cfg(), resume=True, log=lambda *_: None)
     assert res['step'] == 4 and [r['step'] for r in res['rows']] == [0, 1, 2, 3]
-    ck = T.load_checkpoint(tmp_path/'run')
-    assert ck['step'] == 4 and ck['samples_seen'] == 64 and ck['data']['start_step'] == 2 and ck['data']['samples'] == 32
-    c = cfg()
-    a, b = T.StreamData(c, start_step=0), T.StreamData(c, start_step=2)
-    assert not torch.equal(a.batch(0)[1], b.batch(2)[1])
+    ex = T.load_checkpoint(tmp_path/'run')['extra']
+    assert T.load_checkpoint(tmp_path/'run')['step'] == 4 and ex['samples_seen'] == 64 and ex['data']['start_step'] == 2 and ex['data']['samples'] == 32
+    a, b = L.StreamBatches(pattern, 32, 16, start_step=0), L.StreamBatches(pattern, 32, 16, start_step=2)
+    assert a.batch(0)['caption'] != b.batch(2)['caption']
 
 def test_webdataset_bad_samples_are_skipped_and_counted(tmp_path):
     "A corrupt image and a sample without caption are skipped and counted (also from DataLoader workers), not fatal."
     import contextlib
     pattern, _ = wds_shards(tmp_path/'shards', n_shards=1, n=8, broken={(0, 2)}, nocap={(0, 5)})
     for workers in (0, 1):
-        d = T.StreamData(wds_cfg(tmp_path, pattern, 'train.batch_size=6', f'data.num_workers={workers}'))
+        d = L.StreamBatches(pattern, 32, 6, num_workers=workers)
         with pytest.warns(UserWarning, match='skipped') if workers == 0 else contextlib.nullcontext():  # a worker warns in its process
-            for s in range(4): x, t = d.batch(s)
+            for s in range(4): x = d.batch(s)['image']
         assert x.shape == (6, 3, 32, 32) and d.samples == 24
         assert d.skipped >= 2 and d.state()['skipped'] == d.skipped        # 24 good samples: > 3 passes over the shard (seeded)
     bad = [(0, i) for i in range(4)]
     pattern, _ = wds_shards(tmp_path/'allbad', n_shards=1, n=4, broken=bad)
-    d = T.StreamData(wds_cfg(tmp_path, pattern, 'train.batch_size=2'))
+    d = L.StreamBatches(pattern, 32, 2)
     d.src.max_bad_in_row = 20
     with pytest.warns(UserWarning), pytest.raises(T.ConfigError, match=r'allbad.*20 bad samples in a row'): d.batch(0)
 
@@ -336,7 +352,7 @@ def test_webdataset_missing_shards_name_data_path(tmp_path):
     nowhere = str(tmp_path/'none'/'{00000..00003}.tar')
     with pytest.raises(T.ConfigError, match=r"data.path='.*none/\{00000\.\.00003\}\.tar' matches no shard file"):
         T.train(wds_cfg(tmp_path/'run', nowhere, 'train.steps=1'), log=lambda *_: None)
-    with pytest.raises(T.ConfigError, match='has 1 of 3 shards missing'): T.shard_urls(pattern.replace('00001', '00002'))
-    assert len(T.shard_urls(pattern)) == 2
+    with pytest.raises(T.ConfigError, match='has 1 of 3 shards missing'): L.shard_urls(pattern.replace('00001', '00002'))
+    assert len(L.shard_urls(pattern)) == 2
     r = cli('--scale', 'small', '--steps', '1', '--out', str(tmp_path/'cli'), '--set', *TINY, *WDS, f'data.path={nowhere}')
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'matches no shard file' in r.stderr, r.stderr

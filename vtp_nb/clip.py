@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from open_clip.transformer import TextTransformer
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.loss import ClipLoss, SigLipLoss
-from .core import from_uint8
+from .core import from_uint8, generator
 
 # %% auto #0
 __all__ = ['TEXT_SIZES', 'TextConfig', 'text_config', 'get_tokenizer', 'build_text_tower', 'ClipImageHead', 'info_nce',
@@ -270,15 +270,16 @@ class BranchSampler:
         self.local_batch, self.local_ssl, self.local_rec = (v // world_size for v in (batch_size, batch_ssl, batch_rec))
         self.step = 0
 
-    def generator(self, step:int) -> torch.Generator:
-        "The generator for `step` on this rank (a pure function of seed, rank and step)."
-        return torch.Generator().manual_seed(hash((self.seed, self.rank, step)) & (2**63 - 1))
+    def generator(self, step:int, rank:int|None=None) -> torch.Generator:
+        "The generator for `step` on `rank` (default: this sampler's): a pure function of (seed, rank, step)."
+        return generator(self.seed, 'branches', self.rank if rank is None else rank, step)
 
-    def __call__(self, step:int|None=None # which step; None: an internal counter (0, 1, 2, ...)
+    def __call__(self, step:int|None=None, # which step; None: an internal counter (0, 1, 2, ...)
+                 rank:int|None=None # which share of the global batch (a rank, or a rank's micro-batch); default: `self.rank`
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        "(ssl_idx (local_ssl,), rec_idx (local_rec,)): sorted long indices into this rank's local batch."
+        "(ssl_idx (local_ssl,), rec_idx (local_rec,)): sorted long indices into this share of the batch."
         if step is None: step, self.step = self.step, self.step + 1
-        B, s, r, g = self.local_batch, self.local_ssl, self.local_rec, self.generator(step)
+        B, s, r, g = self.local_batch, self.local_ssl, self.local_rec, self.generator(step, rank)
         if self.disjoint:
             perm = torch.randperm(B, generator=g)
             ssl, rec = perm[:s], perm[s:s + r]

@@ -78,13 +78,13 @@ def load_for_eval(path, # a `vtp_nb.train` checkpoint (file or run folder) or a 
     "(tokenizer, CLIP branch or None) from a checkpoint, both in eval mode."
     from vtp_nb.vit import checkpoint_file, tokenizer_from_checkpoint
     from vtp_nb.clip import ClipBranch
-    from vtp_nb.train import config_from_dict
+    from vtp_nb.scales import run_config_from_dict
     p = checkpoint_file(path)
     ck = torch.load(p, map_location='cpu', weights_only=False)
     dev = get_device(device)
     tok = tokenizer_from_checkpoint(ck, str(p)).to(dev)
     if not ck.get('clip'): return tok, None                   # a tokenizer file, or a run without the CLIP branch
-    clip = ClipBranch(tok.semantic_dim, config_from_dict(ck['config']).clip)
+    clip = ClipBranch(tok.semantic_dim, run_config_from_dict(ck['config']).clip)
     clip.load_state_dict(ck['clip'])
     return tok, clip.to(dev).eval()
 

@@ -18,7 +18,7 @@ __all__ = ['OFFICIAL_DEFAULTS', 'HF_GENERIC_FIELDS', 'SUPPORTED_VALUES', 'DECODE
            'TINY_OFFICIAL_SHAPES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'PIXEL_SPACES', 'official_config_to_ours',
            'ours_to_official_config', 'KeyRule', 'key_map_markdown', 'rope_periods', 'official_state_dict_to_ours',
            'ours_to_official_state_dict', 'flat_state_dict', 'build_modules', 'convert_pixel_space',
-           'read_official_weights', 'load_official', 'export_official']
+           'read_official_weights', 'check_state_dict', 'load_official', 'export_official']
 
 # %% ../nbs/11_official.ipynb #a4a918a4
 OFFICIAL_DEFAULTS = dict(  # VTPConfig defaults (configuration_vtp.py at commit 5ce1eb6)
@@ -356,7 +356,7 @@ def read_official_weights(folder:str|Path # a checkpoint folder
         sd.update(part)
     return sd
 
-def _check_against(sd:dict, expected:dict):
+def check_state_dict(sd:dict, expected:dict):
     "Names and shapes of `sd` must equal those of `expected` (a module's state dict)."
     missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or unexpected:
@@ -380,7 +380,7 @@ def load_official(folder:str|Path, # HF snapshot folder: config.json + safetenso
     ours = convert_pixel_space(official_state_dict_to_ours(official), 'imagenet', pixel_space)
     tok, clip = build_modules(vit, text, extras['clip_pool'], extras['clip_loss'], device='meta')
     model = nn.ModuleDict({'tokenizer': tok, **({'clip': clip} if clip is not None else {})})
-    _check_against(ours, model.state_dict())
+    check_state_dict(ours, model.state_dict())
     model.load_state_dict(ours, strict=True, assign=True)
     if clip is not None: clip.text.attn_mask = clip.text.build_causal_mask()   # non-persistent: never in a checkpoint
     if dtype is not None: model.to(dtype)

@@ -60,7 +60,7 @@ def tokenizer_config(p:dict, # preset
                      width:int|None=None # encoder width (heads = width / 32; decoder unchanged); None: the preset model's
                     ):
     "The engine's `RunConfig` for one study tokenizer: same encoder, batch and schedule for every variant."
-    from vtp_nb.train import make_config
+    from vtp_nb.scales import make_config
     cfg = make_config('small')
     cfg.model = VIT_SIZES[p['model']]()
     o = cfg.objective
@@ -83,7 +83,7 @@ def train_stage(job:dict, p:dict, out:Path, log) -> dict:
     cfg = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'), job.get('max_images', 0),
                            job.get('bottleneck_ae_only', True), job.get('width'))
     t0 = time.time()
-    r = train(cfg, resume=True if ck.exists() else None, log=log)
+    r = train(cfg, resume=ck.exists(), log=log)
     m = r['metrics']
     res = dict(seconds=round(time.time() - t0, 1), steps=r['step'], images_seen=r['step'] * p['batch_size'],
                final={k: m[k] for k in ('loss', 'rec', 'clip', 'ssl', 'dino', 'ibot', 'koleo', 'teacher_entropy') if k in m},

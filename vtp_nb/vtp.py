@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 import torch, torch.nn as nn
 import torch.distributed as dist
-from .core import set_seed, count_params, fmt_count
+from .core import set_seed, count_params, fmt_count, dist_info
 from .vit import ViTConfig, VisualTokenizer
 from .autoencoder import ReconLoss
 from .clip import ClipConfig, ClipBranch, text_config, get_tokenizer, BranchSampler
@@ -40,7 +40,7 @@ def small_clip_config(**overrides # `vtp_nb.clip.ClipConfig` fields to change
 
 def small_ssl_config(**overrides # `vtp_nb.ssl_branch.SSLConfig` fields to change
                     ) -> SSLConfig:
-    "The SSL branch of the small scale (DESIGN section 10): 1,024 prototypes, a small head, sharp teacher (0.04), strong colour jitter."
+    "The SSL branch of the small scale: 1,024 prototypes, a small head, sharp teacher (0.04), strong colour jitter."
     return SSLConfig(**dict(dict(out_dim=1024, hidden_dim=256, bottleneck_dim=64, teacher_temp=0.04, warmup_teacher_temp=0.04,
                                  warmup_teacher_temp_frac=0.1, crops=MultiCropConfig(strong_colour=True)), **overrides))
 
@@ -58,9 +58,6 @@ def active_terms(obj:ObjectiveConfig # objective config
     return {t: (getattr(obj, f'lambda_{t}') if t in on else 0.0) for t in ('rec', 'ssl', 'clip')}
 
 # %% ../nbs/10_vtp.ipynb #2c483f46
-def _rank_world() -> tuple:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
 class VTP(nn.Module):
     "Visual tokenizer + CLIP / SSL / reconstruction branches; `forward` returns all loss terms."
     def __init__(self, model_cfg:ViTConfig, # the tokenizer's config
@@ -75,7 +72,7 @@ class VTP(nn.Module):
         self.tokenizer = VisualTokenizer(model_cfg)
         D = self.tokenizer.semantic_dim
         if self.terms['clip'] > 0:
-            rank, world = _rank_world()
+            rank, world = dist_info()
             self.clip = ClipBranch(D, self.clip_cfg, rank=rank, world_size=world, gather_with_grad=True)
         if self.terms['ssl'] > 0: self.ssl = SSLBranch(self.tokenizer, self.ssl_cfg, D)   # holds the EMA teacher
         if self.terms['rec'] > 0:
