@@ -2,6 +2,7 @@
 import os, math, random, socket
 os.environ['HF_HUB_OFFLINE'] = '1'
 import pytest
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,6 +53,104 @@ def test_ibot_masks_bounds_and_seed():
     assert float(r[r > 0].mean()) > 0.25                    # stratified over [0.1, 0.5]: mean ratio near 0.3
     assert a['indices'].numel() == a['n_masked'] == a['weights'].numel()
     assert ibot_masks(128, (14, 14), rng=random.Random(4))['masks'].ne(a['masks']).any()
+
+
+class _RefMasker:
+    """Reference for the iBOT block masks, written from the definition of DINOv2's MaskingGenerator
+    (dinov2/data/masking.py) and collate_data_and_cast (dinov2/data/collate.py); independent of vtp_nb.ssl."""
+    def __init__(self, img_size, patch_size, min_area=4, min_aspect=0.3):
+        self.side = img_size // patch_size
+        self.cap = 0.5 * img_size // patch_size * img_size // patch_size     # DINOv2 train.py's expression, left to right
+        self.min_area, self.log_r = min_area, (math.log(min_aspect), math.log(1 / min_aspect))
+
+    def _try_block(self, m, rnd, allowed):
+        for attempt in range(10):
+            area = rnd.uniform(self.min_area, allowed)
+            ratio = math.exp(rnd.uniform(*self.log_r))
+            bh = int(round(math.sqrt(area * ratio))); bw = int(round(math.sqrt(area / ratio)))
+            if bh >= self.side or bw >= self.side: continue
+            y = rnd.randint(0, self.side - bh); x = rnd.randint(0, self.side - bw)
+            fresh = bh * bw - int(m[y:y + bh, x:x + bw].sum())
+            if fresh > 0 and fresh <= allowed:
+                m[y:y + bh, x:x + bw] = True
+                return fresh
+        return 0
+
+    def mask(self, target, rnd):
+        m = np.zeros((self.side, self.side), dtype=bool); have = 0
+        while have < target:
+            got = self._try_block(m, rnd, min(target - have, self.cap))
+            if not got: break
+            have += got
+        return m
+
+    def collate(self, n_crops, rnd, lo=0.1, hi=0.5, p=0.5):
+        N = self.side ** 2
+        k = int(n_crops * p)
+        cuts = torch.linspace(lo, hi, k + 1)                               # float32, like DINOv2's
+        out = [torch.from_numpy(self.mask(int(N * rnd.uniform(cuts[j], cuts[j + 1])), rnd)) for j in range(k)]
+        out += [torch.zeros(self.side, self.side, dtype=torch.bool) for _ in range(n_crops - k)]
+        rnd.shuffle(out)
+        masks = torch.stack(out).flatten(1)
+        w = (1 / masks.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(masks)[masks]
+        return masks, w
+
+
+@pytest.mark.parametrize('side,patch', [(4, 8), (7, 16), (14, 16), (16, 14)])
+def test_block_mask_equals_dinov2_reference(side, patch):
+    ref = _RefMasker(side * patch, patch)
+    assert ref.cap == (side // 2) * side                                   # our default max_block is DINOv2's cap
+    N = side * side
+    for seed in range(1500):
+        rnd = random.Random(10_000 + seed)
+        target = rnd.randint(0, 5) if seed % 4 == 0 else int(N * rnd.uniform(0.1, 0.5))
+        r1, r2 = random.Random(seed), random.Random(seed)
+        ours, blocks = block_mask((side, side), target, rng=r1, return_blocks=True)
+        assert np.array_equal(ours.numpy(), ref.mask(target, r2)), (side, seed, target)
+        assert r1.getstate() == r2.getstate()                             # same random calls, same order
+        assert int(ours.sum()) <= target
+        assert all(h < side and w < side for _, _, h, w in blocks)       # never a full side
+
+
+@pytest.mark.parametrize('side', [4, 14, 16])
+def test_ibot_masks_equal_dinov2_reference_collate(side):
+    ref = _RefMasker(side * 16, 16)
+    for seed in range(150):
+        n = [1, 2, 3, 8, 16, 64][seed % 6]
+        r1, r2 = random.Random(seed), random.Random(seed)
+        out = ibot_masks(n, (side, side), rng=r1)
+        masks, w = ref.collate(n, r2)
+        assert torch.equal(out['masks'], masks) and torch.equal(out['weights'], w), (side, seed)
+        assert torch.equal(out['indices'], masks.flatten().nonzero().flatten())
+        assert r1.getstate() == r2.getstate()
+
+
+class _FirstDraw(random.Random):
+    "A seeded random.Random whose first random() call returns a chosen value."
+    def __init__(self, first, seed=0): super().__init__(seed); self.first = first
+    def random(self):
+        if self.first is None: return super().random()
+        u, self.first = self.first, None
+        return u
+
+
+def test_ibot_masks_target_computed_in_float32():
+    # 196 * U(0.1, 0.5) at this draw is 68.0000x in float32 (DINOv2's linspace tensors) but 67.9999x in float64
+    u = 0.6173469298612294
+    edges = torch.linspace(0.1, 0.5, 2)
+    assert int(196 * (edges[0] + (edges[1] - edges[0]) * u)) == 68 and int(196 * (0.1 + 0.4 * u)) == 67
+    out = ibot_masks(2, (14, 14), rng=_FirstDraw(u))
+    masks, _ = _RefMasker(224, 16).collate(2, _FirstDraw(u))
+    assert torch.equal(out['masks'], masks)
+
+
+def test_block_mask_distribution():
+    # below min_block (4) a request can come back empty; on 4x4 a target of 1 does so about 27% of the time
+    empty = sum(int(block_mask((4, 4), 1, rng=random.Random(s)).sum()) == 0 for s in range(2000)) / 2000
+    assert 0.2 < empty < 0.35
+    # 4x4, 100 batches of 64 crops, 32 picked for masking: about 1.7% of the picked crops come back empty
+    nonempty = sum(int(ibot_masks(64, (4, 4), rng=random.Random(s))['masks'].any(1).sum()) for s in range(100))
+    assert 3050 < nonempty < 3200
 
 
 def test_blur_invert_matches_dinov2_code_behaviour():

@@ -165,32 +165,32 @@ def torchvision_multicrop(cfg:MultiCropConfig=MultiCropConfig()):
 # %% ../nbs/08_ssl.ipynb #5eba447f
 def block_mask(grid:tuple, # (h, w) patch grid
                num_masked:int, # target number of masked patches
-               min_block:int=4, # smallest block area drawn (BEiT/DINOv2: 4)
-               max_block:int|None=None, # largest block area (default: the target)
+               min_block:int=4, # smallest block area drawn (DINOv2: 4)
+               max_block:int|None=None, # most patches one block may add (default (h // 2) * w, DINOv2's)
                min_aspect:float=0.3, # aspect ratio range is [min_aspect, 1/min_aspect]
                rng:random.Random|None=None, # python RNG (seed it for reproducible masks)
                return_blocks:bool=False):
-    "BEiT-style block mask: a bool `(h, w)` union of random rectangles with at most `num_masked` patches."
+    "DINOv2's block masking: a bool `(h, w)` union of random rectangles with at most `num_masked` patches."
     rng = rng or random.Random()
     H, W = grid
     mask = torch.zeros(H, W, dtype=torch.bool); blocks = []
-    max_block = max_block or num_masked
+    if max_block is None: max_block = (H // 2) * W
     lo, hi = math.log(min_aspect), math.log(1 / min_aspect)
     count = 0
     while count < num_masked:
-        remaining = min(num_masked - count, max_block)
+        budget = min(num_masked - count, max_block)              # most patches the next block may add
         added = 0
-        for _ in range(10):
-            area = rng.uniform(min_block, max(min_block, remaining)) if min_block <= remaining else rng.uniform(1, remaining)
+        for _ in range(10):                                      # at most 10 draws per block
+            area = rng.uniform(min_block, budget)                # budget < min_block: a draw in [budget, min_block]
             aspect = math.exp(rng.uniform(lo, hi))
-            h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
-            if not (1 <= h <= H and 1 <= w <= W): continue
+            h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if h >= H or w >= W: continue                        # never the full height or width
             top, left = rng.randint(0, H - h), rng.randint(0, W - w)
             new = h * w - int(mask[top:top + h, left:left + w].sum())
-            if 0 < new <= remaining:
+            if 0 < new <= budget:
                 mask[top:top + h, left:left + w] = True; blocks.append((top, left, h, w))
                 added = new; break
-        if added == 0: break
+        if added == 0: break                                     # 10 draws added nothing: the mask is done
         count += added
     return (mask, blocks) if return_blocks else mask
 
@@ -202,14 +202,14 @@ def ibot_masks(n:int, # number of global crops in the batch (2B)
                rng:random.Random|None=None, # python RNG
                **kwargs # passed to `block_mask`
               ) -> dict:
-    "DINOv2-style mask collate: `dict(masks (n,N) bool, indices (M,), weights (M,), n_masked)`."
+    "DINOv2's mask collate: `dict(masks (n,N) bool, indices (M,), weights (M,), n_masked)`."
     rng = rng or random.Random()
     N = grid[0] * grid[1]
     n_masked = int(n * sample_p)
-    edges = torch.linspace(ratio[0], ratio[1], n_masked + 1).tolist()
+    edges = torch.linspace(ratio[0], ratio[1], n_masked + 1, dtype=torch.float32)   # (n_masked + 1,) float32, as DINOv2
     masks = [block_mask(grid, int(N * rng.uniform(edges[i], edges[i + 1])), rng=rng, **kwargs).flatten()
-             for i in range(n_masked)]
-    masks += [torch.zeros(N, dtype=torch.bool)] * (n - n_masked)
+             for i in range(n_masked)]                                   # U(e_i, e_i+1) and N * ratio in float32
+    masks += [torch.zeros(N, dtype=torch.bool)] * (n - n_masked)         # unmasked crops: no random calls
     rng.shuffle(masks)
     masks = torch.stack(masks)                                                   # (n, N)
     weights = (1 / masks.sum(-1).clamp(min=1)).unsqueeze(-1).expand_as(masks)[masks]  # 1/num_masked of its image
