@@ -4,8 +4,8 @@
 
 # %% ../nbs/16_lightningdit.ipynb #37ea2f5d
 from __future__ import annotations
-import math
-from dataclasses import dataclass, asdict, field
+import math, re
+from dataclasses import dataclass, asdict, field, replace
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
@@ -14,8 +14,11 @@ from .core import set_seed, count_params, fmt_count
 from .vit import swiglu_hidden  # SwiGLU width: 2/3 of the plain MLP's, rounded up to a multiple of 8
 
 # %% auto #0
-__all__ = ['DIT_SIZES', 'DiTConfig', 'timestep_embedding', 'TimestepEmbedder', 'LabelEmbedder', 'modulate', 'DiTBlock',
-           'FinalLayer', 'LightningDiT']
+__all__ = ['DIT_SIZES', 'LIGHTNINGDIT_SIZES', 'VTP_GENERATION', 'LIGHTNINGDIT_KEYS', 'DiTConfig', 'timestep_embedding',
+           'TimestepEmbedder', 'LabelEmbedder', 'modulate', 'DiTBlock', 'sincos_pos_embed', 'FinalLayer',
+           'LightningDiT', 'lightningdit_config', 'DiTKeyRule', 'lightningdit_key_table', 'check_lightningdit_config',
+           'lightningdit_tables', 'lightningdit_state_dict_to_ours', 'ours_to_lightningdit_state_dict',
+           'lightningdit_from_official']
 
 # %% ../nbs/16_lightningdit.ipynb #cebf0f3f
 @dataclass
@@ -34,6 +37,10 @@ class DiTConfig:
     use_rope:bool=True       # 2D RoPE in attention (the sin-cos table is always added)
     rope_base:float=100.     # RoPE frequency base on the latent grid
     time_scale:float=1000.   # t in [0,1] is multiplied by this before the sinusoidal embedding
+    pos_embed_order:str='timm' # sin-cos channel order: 'timm' [sin r|sin c|cos r|cos c] or 'lightningdit' [sin c|cos c|sin r|cos r]
+    norm_affine:bool=False   # learnable RMSNorm gains in the blocks and the final layer (LightningDiT has them)
+    mlp_hidden:int|None=None # SwiGLU hidden width; None: swiglu_hidden(hidden_size, mlp_ratio) (a multiple of 8)
+    fused_glu_init:bool=False # Xavier-initialise the SwiGLU input as one (2H, D) matrix, as LightningDiT's fused w12
 
 def _size(hidden_size, depth, num_heads):
     return lambda **kw: DiTConfig(**{**dict(hidden_size=hidden_size, depth=depth, num_heads=num_heads), **kw})
@@ -88,11 +95,11 @@ class DiTBlock(nn.Module):
     def __init__(self, cfg:DiTConfig):
         super().__init__()
         D = cfg.hidden_size
-        self.norm1 = RmsNorm(D, affine=False, eps=1e-6)
+        self.norm1 = RmsNorm(D, affine=cfg.norm_affine, eps=1e-6)
         self.attn = AttentionRope(D, num_heads=cfg.num_heads, qkv_bias=True, num_prefix_tokens=0,
                                   qk_norm=cfg.qk_norm, norm_layer=RmsNorm)
-        self.norm2 = RmsNorm(D, affine=False, eps=1e-6)
-        self.mlp = SwiGLU(D, swiglu_hidden(D, cfg.mlp_ratio))
+        self.norm2 = RmsNorm(D, affine=cfg.norm_affine, eps=1e-6)
+        self.mlp = SwiGLU(D, cfg.mlp_hidden or swiglu_hidden(D, cfg.mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
         nn.init.zeros_(self.adaLN_modulation[-1].weight); nn.init.zeros_(self.adaLN_modulation[-1].bias)  # adaLN-Zero
 
@@ -105,12 +112,24 @@ class DiTBlock(nn.Module):
         x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, N, D)
         return x
 
+# %% ../nbs/16_lightningdit.ipynb #be728ada
+def sincos_pos_embed(h:int, w:int, # grid rows and columns
+                     dim:int, # channels D (a multiple of 4)
+                     order:str='timm', # 'timm' [sin r|sin c|cos r|cos c] or 'lightningdit' [sin c|cos c|sin r|cos r]
+                     device=None) -> Tensor:
+    "Fixed 2D sin-cos position table (h*w, dim), tokens in row-major order."
+    t = build_sincos2d_pos_embed([h, w], dim=dim, device=device)  # (h*w, dim): [sin r | sin c | cos r | cos c]
+    if order == 'timm': return t
+    if order != 'lightningdit': raise ValueError(f"pos_embed_order must be 'timm' or 'lightningdit', not {order!r}")
+    sin_r, sin_c, cos_r, cos_c = t.chunk(4, dim=-1)  # 4 x (h*w, dim/4)
+    return torch.cat([sin_c, cos_c, sin_r, cos_r], dim=-1)  # (h*w, dim)
+
 # %% ../nbs/16_lightningdit.ipynb #c1b4e5a7
 class FinalLayer(nn.Module):
     "adaLN-modulated norm + Linear back to p*p*C values per token."
-    def __init__(self, hidden_size:int, patch_size:int, out_channels:int):
+    def __init__(self, hidden_size:int, patch_size:int, out_channels:int, affine:bool=False):
         super().__init__()
-        self.norm = RmsNorm(hidden_size, affine=False, eps=1e-6)
+        self.norm = RmsNorm(hidden_size, affine=affine, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
     def forward(self, x:Tensor, c:Tensor) -> Tensor:
@@ -130,7 +149,7 @@ class LightningDiT(nn.Module):
         head_dim = D // cfg.num_heads
         self.rope = RotaryEmbeddingCat(head_dim, in_pixels=False, temperature=cfg.rope_base) if cfg.use_rope else None
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.depth)])
-        self.final_layer = FinalLayer(D, p, C)
+        self.final_layer = FinalLayer(D, p, C, affine=cfg.norm_affine)
         self.init_weights()
 
     @property
@@ -149,6 +168,10 @@ class LightningDiT(nn.Module):
         for m in self.t_embedder.mlp[0], self.t_embedder.mlp[2]: nn.init.normal_(m.weight, std=0.02)
         for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
             nn.init.zeros_(blk.adaLN_modulation[-1].weight); nn.init.zeros_(blk.adaLN_modulation[-1].bias)
+            if self.cfg.fused_glu_init:  # one (2H, D) Xavier draw, split into gate and value halves
+                g, v = blk.mlp.fc1_g.weight, blk.mlp.fc1_x.weight
+                w12 = nn.init.xavier_uniform_(torch.empty(2 * g.shape[0], g.shape[1], device=g.device, dtype=g.dtype))
+                with torch.no_grad(): g.copy_(w12[:g.shape[0]]); v.copy_(w12[g.shape[0]:])
         fl = self.final_layer  # zero output layer: the initial prediction is 0
         for m in fl.adaLN_modulation[-1], fl.linear: nn.init.zeros_(m.weight); nn.init.zeros_(m.bias)
 
@@ -167,10 +190,187 @@ class LightningDiT(nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).expand(B) if torch.as_tensor(t).ndim == 0 else t
         x = self.x_embedder(x)  # (B, D, h, w)
         h, w = x.shape[-2:]
-        pos = build_sincos2d_pos_embed([h, w], dim=x.shape[1], device=x.device).to(x.dtype)  # (N, D)
+        pos = sincos_pos_embed(h, w, x.shape[1], self.cfg.pos_embed_order, device=x.device).to(x.dtype)  # (N, D)
         x = x.flatten(2).transpose(1, 2) + pos  # (B, N, D)
         rope = self.rope.get_embed([h, w]).to(x.device) if self.rope is not None else None  # (N, 2*head_dim)
         c = self.t_embedder(t) + self.y_embedder(y, force_drop)  # (B, D)
         for blk in self.blocks: x = blk(x, c, rope)  # (B, N, D)
         x = self.final_layer(x, c)  # (B, N, p*p*C)
         return self.unpatchify(x, h, w)  # (B, C, H, W)
+
+# %% ../nbs/16_lightningdit.ipynb #4ec7b805
+LIGHTNINGDIT_SIZES = {  # name: (hidden_size, depth, num_heads, patch_size), LightningDiT's `LightningDiT_models`
+    'B/1': (768, 12, 12, 1), 'B/2': (768, 12, 12, 2), 'L/2': (1024, 24, 16, 2), 'XL/1': (1152, 28, 16, 1),
+    'XL/2': (1152, 28, 16, 2), '1p0B/1': (1536, 24, 24, 1), '1p0B/2': (1536, 24, 24, 2),
+    '1p6B/1': (1792, 28, 28, 1), '1p6B/2': (1792, 28, 28, 2)}
+
+def lightningdit_config(size:str='XL/1', # 'XL/1', 'B/1', ... (a 'LightningDiT-' prefix is allowed)
+                        in_channels:int=64, # latent channels (VTP: 64)
+                        input_size:int=16, # latent grid side (VTP: 256 px / 16)
+                        num_classes:int=1000, # ImageNet
+                        **kw) -> DiTConfig:
+    "The DiTConfig of LightningDiT as VTP's generation configs build it (RMSNorm, SwiGLU, RoPE on; qk-norm, learned sigma off)."
+    D, depth, heads, p = LIGHTNINGDIT_SIZES[size.removeprefix('LightningDiT-')]
+    c = dict(in_channels=in_channels, input_size=input_size, patch_size=p, hidden_size=D, depth=depth, num_heads=heads,
+             mlp_ratio=4.0, num_classes=num_classes, class_dropout=0.1, qk_norm=False, use_rope=True, rope_base=10000.,
+             time_scale=1., pos_embed_order='lightningdit', norm_affine=True, fused_glu_init=True) | kw
+    c.setdefault('mlp_hidden', int(2 / 3 * int(c['hidden_size'] * c['mlp_ratio'])))  # official width, no rounding
+    return DiTConfig(**c)
+
+# %% ../nbs/16_lightningdit.ipynb #b11650e0
+_VTP_GEN_COMMON = dict(  # shared by all four yaml files (and the code defaults they rely on)
+    image_size=256, in_chans=64, num_classes=1000, latent_norm=True, latent_multiplier=1.0, hflip_p=0.5,
+    lr=2e-4, beta1=0.9, beta2=0.95, weight_decay=0.0, max_grad_norm=None, global_batch_size=1024, max_steps=100_000,
+    ema_decay=0.9999, mixed_precision='bf16', global_seed=0, path_type='Linear', prediction='velocity',
+    use_cosine_loss=True, use_lognorm=True, mode='ODE', atol=1e-6, rtol=1e-3, cfg_scale=1.0, cfg_interval_start=0.0)
+
+VTP_GENERATION = {name: {**_VTP_GEN_COMMON, **d} for name, d in {  # VTP generation/configs/train_<name>.yaml
+    'vtp_l_dit_b_demo': dict(model='B/1', lognorm_mu=-0.75, lognorm_sigma=1.0, sampling_method='dopri5',
+                             num_sampling_steps=50, timestep_shift=0.0, fid_num=10_000),
+    'vtp_l_dit_xl': dict(model='XL/1', lognorm_mu=-0.75, lognorm_sigma=1.0, sampling_method='euler',
+                         num_sampling_steps=250, timestep_shift=0.075, fid_num=50_000),
+    'vtp_b_dit_xl': dict(model='XL/1', lognorm_mu=-0.5, lognorm_sigma=1.25, sampling_method='euler',
+                         num_sampling_steps=250, timestep_shift=0.075, fid_num=50_000),
+    'vtp_s_dit_xl': dict(model='XL/1', lognorm_mu=-0.5, lognorm_sigma=1.25, sampling_method='euler',
+                         num_sampling_steps=250, timestep_shift=0.075, fid_num=50_000)}.items()}
+
+# %% ../nbs/16_lightningdit.ipynb #dcd24211
+@dataclass(frozen=True)
+class DiTKeyRule:
+    "One row of the LightningDiT name table: official pattern, our pattern(s), what happens to the tensor."
+    official:str
+    ours:str|None # None: a fixed table the official model stores and we compute; 'glu': two names joined by ' + '
+    kind:str='copy' # 'copy', 'glu' (w12 split in two), 'norm' (gain: copied or folded), 'table' (checked, not stored)
+    fold:tuple=() # 'norm' only: (our Linear weights whose columns take the gain, our adaLN Linear, shift chunk)
+
+_B = 'blocks.{i}'
+LIGHTNINGDIT_KEYS = [
+    DiTKeyRule('x_embedder.proj.{wb}', 'x_embedder.{wb}'),
+    DiTKeyRule('pos_embed', None, 'table'),
+    DiTKeyRule('t_embedder.mlp.{i}.{wb}', 't_embedder.mlp.{i}.{wb}'),
+    DiTKeyRule('y_embedder.embedding_table.weight', 'y_embedder.table.weight'),
+    DiTKeyRule('feat_rope.freqs_cos', None, 'table'), DiTKeyRule('feat_rope.freqs_sin', None, 'table'),
+    DiTKeyRule(f'{_B}.norm1.weight', f'{_B}.norm1.weight', 'norm', ((f'{_B}.attn.qkv.weight',), f'{_B}.adaLN_modulation.1', 0)),
+    DiTKeyRule(f'{_B}.attn.qkv.{{wb}}', f'{_B}.attn.qkv.{{wb}}'),
+    DiTKeyRule(f'{_B}.attn.q_norm.weight', f'{_B}.attn.q_norm.weight'),
+    DiTKeyRule(f'{_B}.attn.k_norm.weight', f'{_B}.attn.k_norm.weight'),
+    DiTKeyRule(f'{_B}.attn.proj.{{wb}}', f'{_B}.attn.proj.{{wb}}'),
+    DiTKeyRule(f'{_B}.norm2.weight', f'{_B}.norm2.weight', 'norm',
+               ((f'{_B}.mlp.fc1_g.weight', f'{_B}.mlp.fc1_x.weight'), f'{_B}.adaLN_modulation.1', 3)),
+    DiTKeyRule(f'{_B}.mlp.w12.{{wb}}', f'{_B}.mlp.fc1_g.{{wb}} + {_B}.mlp.fc1_x.{{wb}}', 'glu'),
+    DiTKeyRule(f'{_B}.mlp.w3.{{wb}}', f'{_B}.mlp.fc2.{{wb}}'),
+    DiTKeyRule(f'{_B}.adaLN_modulation.1.{{wb}}', f'{_B}.adaLN_modulation.1.{{wb}}'),
+    DiTKeyRule('final_layer.norm_final.weight', 'final_layer.norm.weight', 'norm',
+               (('final_layer.linear.weight',), 'final_layer.adaLN_modulation.1', 0)),
+    DiTKeyRule('final_layer.linear.{wb}', 'final_layer.linear.{wb}'),
+    DiTKeyRule('final_layer.adaLN_modulation.1.{wb}', 'final_layer.adaLN_modulation.1.{wb}')]
+
+def lightningdit_key_table() -> str:
+    "The name table as markdown."
+    rows = [f"| `{r.official}` | {' + '.join(f'`{o}`' for o in r.ours.split(' + ')) if r.ours else '(computed, checked)'} | {r.kind} |"
+            for r in LIGHTNINGDIT_KEYS]
+    return '\n'.join(['| LightningDiT | ours | kind |', '|---|---|---|', *rows])
+
+# %% ../nbs/16_lightningdit.ipynb #f96c1874
+def check_lightningdit_config(cfg:DiTConfig):
+    "Raise unless `cfg` computes LightningDiT's forward (sin-cos order, unscaled t, RoPE base 10000)."
+    want = dict(pos_embed_order='lightningdit', time_scale=1.0) | (dict(rope_base=10000.) if cfg.use_rope else {})
+    bad = [f'{k}={getattr(cfg, k)!r} (official {v!r})' for k, v in want.items() if getattr(cfg, k) != v]
+    if bad: raise ValueError("config differs from LightningDiT's forward: " + ', '.join(bad))
+
+def lightningdit_tables(cfg:DiTConfig) -> dict:
+    "The fixed tensors LightningDiT stores: `pos_embed` (1, N, D) and, with RoPE, `feat_rope.freqs_cos/sin` (N, d_h)."
+    g = cfg.input_size // cfg.patch_size  # the official tables are built for this square grid only
+    out = {'pos_embed': sincos_pos_embed(g, g, cfg.hidden_size, cfg.pos_embed_order)[None]}  # (1, g*g, D)
+    if cfg.use_rope:
+        rope = RotaryEmbeddingCat(cfg.hidden_size // cfg.num_heads, in_pixels=False, temperature=cfg.rope_base)
+        sin, cos = rope.get_embed([g, g]).chunk(2, dim=-1)  # 2 x (g*g, d_h)
+        out |= {'feat_rope.freqs_cos': cos, 'feat_rope.freqs_sin': sin}
+    return out
+
+def _rx(pattern:str) -> re.Pattern:
+    "A name pattern with {i} (index) and {wb} (weight|bias) as a full-match regex."
+    return re.compile(re.escape(pattern).replace(r'\{i\}', r'(?P<i>\d+)').replace(r'\{wb\}', r'(?P<wb>weight|bias)'))
+
+_OFF_RX = [(_rx(r.official), r) for r in LIGHTNINGDIT_KEYS]
+_OURS_RX = [(_rx(o), r, j) for r in LIGHTNINGDIT_KEYS if r.ours for j, o in enumerate(r.ours.split(' + '))]
+
+def _raise_keys(what:str, names:list):
+    if names: raise KeyError(f"{what} ({len(names)}): {sorted(names)}")
+
+# %% ../nbs/16_lightningdit.ipynb #97f52897
+def _fold_gain(sd:dict, gain:Tensor, linears:list, ada:str, chunk:int):
+    "W <- W diag(g) for each next Linear, adaLN shift rows <- rows / g: the model without the gain computes the same."
+    if (gain == 0).any(): raise ValueError(f"a zero RMSNorm gain cannot be folded ({ada}); use norm_affine=True")
+    g, rows = gain.float(), slice(chunk * len(gain), (chunk + 1) * len(gain))
+    for k in linears: sd[k] = (sd[k].float() * g).to(sd[k].dtype)  # (out, D) * (D,): column j times g_j
+    for wb, div in (('weight', g[:, None]), ('bias', g)):
+        t = sd[f'{ada}.{wb}'].float().clone(); t[rows] /= div
+        sd[f'{ada}.{wb}'] = t.to(sd[f'{ada}.{wb}'].dtype)
+
+def _check_tables(found:dict, cfg:DiTConfig):
+    want = lightningdit_tables(cfg)
+    _raise_keys(f"fixed tables missing for use_rope={cfg.use_rope}", [k for k in want if k not in found])
+    _raise_keys(f"fixed tables not expected for use_rope={cfg.use_rope}", [k for k in found if k not in want])
+    for k, v in found.items():
+        if v.shape != want[k].shape or not torch.allclose(v.float(), want[k], atol=1e-5):
+            raise ValueError(f"{k} {tuple(v.shape)} is not the table of this config {tuple(want[k].shape)} (grid, order or base)")
+
+def _check_against_model(sd:dict, cfg:DiTConfig):
+    with torch.device('meta'): want = {k: v.shape for k, v in LightningDiT(cfg).state_dict().items()}
+    _raise_keys('names our LightningDiT(cfg) has but the conversion did not fill', [k for k in want if k not in sd])
+    _raise_keys('converted names our LightningDiT(cfg) does not have', [k for k in sd if k not in want])
+    bad = [f'{k}: {tuple(sd[k].shape)} vs {tuple(want[k])}' for k in want if sd[k].shape != want[k]]
+    if bad: raise ValueError(f"shape mismatch (converted vs LightningDiT(cfg)): {bad}")
+
+def lightningdit_state_dict_to_ours(sd:dict, # LightningDiT's `state_dict()` (e.g. a checkpoint's 'ema')
+                                    cfg:DiTConfig # our config, e.g. `lightningdit_config('XL/1')`
+                                   ) -> dict:
+    "Official LightningDiT weights -> our LightningDiT's state dict (gains copied or folded); anything unexpected is an error."
+    check_lightningdit_config(cfg)
+    out, tables, gains, unknown = {}, {}, [], []
+    for k, v in sd.items():
+        hit = next(((m.groupdict(), r) for rx, r in _OFF_RX if (m := rx.fullmatch(k))), None)
+        if hit is None: unknown.append(k); continue
+        names, r = hit
+        if r.kind == 'table': tables[k] = v
+        elif r.kind == 'glu':
+            gate, value = (o.format(**names) for o in r.ours.split(' + '))
+            out[gate], out[value] = (h.clone() for h in v.chunk(2, dim=0))  # w12 = [gate; value]
+        elif r.kind == 'norm' and not cfg.norm_affine: gains.append((v, r, names))
+        else: out[r.ours.format(**names)] = v
+    _raise_keys('LightningDiT names with no rule', unknown)
+    _check_tables(tables, cfg)
+    for v, r, names in gains:
+        linears, ada, chunk = r.fold
+        _fold_gain(out, v, [k.format(**names) for k in linears], ada.format(**names), chunk)
+    _check_against_model(out, cfg)
+    return out
+
+# %% ../nbs/16_lightningdit.ipynb #3bdc22f6
+def ours_to_lightningdit_state_dict(sd:dict, # our LightningDiT's state dict
+                                    cfg:DiTConfig # its config (official forward: see check_lightningdit_config)
+                                   ) -> dict:
+    "Our weights -> LightningDiT's `state_dict()` layout, with its fixed tables; gains of 1 where we have none."
+    check_lightningdit_config(cfg)
+    out, halves, unknown = {}, {}, []
+    for k, v in sd.items():
+        hit = next(((m.groupdict(), r, j) for rx, r, j in _OURS_RX if (m := rx.fullmatch(k))), None)
+        if hit is None: unknown.append(k); continue
+        names, r, j = hit
+        if r.kind == 'glu': halves.setdefault(r.official.format(**names), {})[j] = v
+        else: out[r.official.format(**names)] = v
+    _raise_keys('our names with no rule', unknown)
+    for k, h in halves.items(): out[k] = torch.cat([h[0], h[1]], dim=0)  # [gate; value]
+    if not cfg.norm_affine:
+        ones = torch.ones(cfg.hidden_size, dtype=out['x_embedder.proj.weight'].dtype)
+        for i in range(cfg.depth): out[f'blocks.{i}.norm1.weight'], out[f'blocks.{i}.norm2.weight'] = ones.clone(), ones.clone()
+        out['final_layer.norm_final.weight'] = ones.clone()
+    return out | {k: v.to(out['x_embedder.proj.weight'].dtype) for k, v in lightningdit_tables(cfg).items()}
+
+def lightningdit_from_official(ck:dict, # an official training checkpoint (its 'ema' is used) or a plain state dict
+                               cfg:DiTConfig) -> LightningDiT:
+    "Our LightningDiT (eval mode) carrying an official checkpoint's weights."
+    model = LightningDiT(cfg)
+    model.load_state_dict(lightningdit_state_dict_to_ours(ck['ema'] if 'ema' in ck else ck, cfg))
+    return model.eval()
