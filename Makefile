@@ -2,17 +2,20 @@
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# the install stamp is named by the hash of pyproject.toml's content: nbdev-export rewrites the file (same bytes, new
+# mtime), which must not trigger a reinstall
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 demo: install

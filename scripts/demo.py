@@ -31,14 +31,14 @@ def main():
     train_steps = ['--steps', '20'] if QUICK else []
     dit_steps = '50' if QUICK else '600'
     sub = ['--n-train', '1000', '--n-val', '200', '--n-gen', '100'] if QUICK else ['--n-gen', '500']
-    step('1/6 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, *train_steps)
+    step('1/6 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, '--overwrite', *train_steps)
     step('2/6 extract latents', '-m', 'vtp_nb.dit', 'extract', '--tokenizer', tok, '--data', 'data_small', '--out', lat)
     step('3/6 train a tiny LightningDiT', '-m', 'vtp_nb.dit', 'train', '--latents', lat, '--size', 'tiny',
-         '--steps', dit_steps, '--lr', '5e-4', '--out', dit)   # the study's DiT settings for short CPU runs
+         '--steps', dit_steps, '--lr', '5e-4', '--out', dit, '--overwrite')   # the study's DiT settings for short CPU runs
     step('4/6 sample 8 images per class', '-m', 'vtp_nb.dit', 'sample', '--ckpt', dit, '--n-per-class', '8',
          '--cfg', '2.0', '--steps', '50', '--out', smp)
-    step('5/6 evaluate tokenizer and DiT', '-m', 'vtp_nb.evaluate', '--ckpt', tok, '--dit', dit, '--out', ev, *sub)
-    step('6/6 the study pipeline, tiny preset', '-m', 'vtp_nb.study', '--preset', 'tiny', '--out', RUN/'study_tiny')
+    step('5/6 evaluate tokenizer and DiT', '-m', 'vtp_nb.evaluate', '--ckpt', tok, '--dit', dit, '--out', ev, '--cfg-scales', '1', '2', *sub)
+    step('6/6 the study pipeline, tiny preset', '-m', 'vtp_nb.study', '--preset', 'tiny', '--out', RUN/'study_tiny', '--overwrite')
     print(f'\nDemo finished{" (QUICK smoke test: numbers are meaningless)" if QUICK else ""}. Outputs in {RUN}:')
     print(f'  {tok}/loss.png  {smp}/samples.png  {ev}/report.json  {ev}/recons.png  {RUN}/study_tiny/')
 

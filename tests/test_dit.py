@@ -1,15 +1,19 @@
-"Tests for vtp_nb.lightningdit and vtp_nb.dit: adaLN-Zero init, CFG null class, exact transport, latent stats, determinism, CLI."
+"Tests for vtp_nb.lightningdit, flow, latents and dit: adaLN-Zero init, CFG null class, exact transport, latent stats, determinism, the engine's guarantees on the DiT, CLI."
 import os, sys, json, subprocess
 os.environ['HF_HUB_OFFLINE'] = '1'
 from dataclasses import asdict
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-from vtp_nb.core import set_seed, atomic_save, data_small_path
+from vtp_nb.core import set_seed, data_small_path
+from vtp_nb.config import apply_overrides, ConfigError
+from vtp_nb.checkpoint import load_checkpoint
+from vtp_nb.vit import load_tokenizer, save_tokenizer
 from vtp_nb.lightningdit import DiTConfig, DIT_SIZES, LightningDiT, DiTBlock
-from vtp_nb.dit import (GaussianMixture2D, ode_solve, sample_dit, extract_latents, load_latents, normalize_latents,
-                        denormalize_latents, train_dit, load_tokenizer, main, shift_time, flow_loss, LatentShards,
-                        StepSampler, plan_batch)
+from vtp_nb.flow import GaussianMixture2D, ode_solve, sample_dit, shift_time, flow_loss
+from vtp_nb.latents import extract_latents, load_latents, normalize_latents, denormalize_latents, LatentShards
+from vtp_nb.loaders import StepSampler
+from vtp_nb.dit import train_dit, main, plan_batch, dit_config, load_dit, DIT_PRESETS
 
 torch.set_num_threads(1)
 SMALL = dict(in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=3)
@@ -95,30 +99,41 @@ def test_missing_latents_dir_message(tmp_path):
     with pytest.raises(FileNotFoundError, match='extract'): load_latents(tmp_path)
 
 
-def test_sampler_and_training_deterministic():
+def small_run(out, *sets, steps=5, batch=8):
+    "A DiT run config with the SMALL model, writing to `out`."
+    return apply_overrides(dit_config('cpu'), ['model.hidden_size=32', 'model.depth=2', 'model.num_heads=2', f'train.steps={steps}',
+                                               f'train.batch_size={batch}', 'train.progress=false', 'train.threads=1',
+                                               f'train.out_dir={out}', *sets])
+
+def quiet(*_): pass
+
+def test_sampler_and_training_deterministic(tmp_path):
     set_seed(0)
     z, y = torch.randn(32, 4, 2, 2), torch.randint(0, 3, (32,))
-    r1 = train_dit(DiTConfig(**SMALL), z, y, steps=5, batch_size=8, pbar=False)
-    r2 = train_dit(DiTConfig(**SMALL), z, y, steps=5, batch_size=8, pbar=False)
-    for k, v in r1['model'].state_dict().items(): assert torch.equal(v, r2['model'].state_dict()[k])
+    train_dit(small_run(tmp_path/'1'), (z, y), log=quiet); train_dit(small_run(tmp_path/'2'), (z, y), log=quiet)
+    k1, k2 = load_checkpoint(tmp_path/'1'), load_checkpoint(tmp_path/'2')
+    assert all(torch.equal(v, k2['model'][k]) for k, v in k1['model'].items())
+    ema, _ = load_dit(tmp_path/'1')
     lab = torch.tensor([0, 1, 2])
-    a = sample_dit(r1['ema'], lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=7)
-    b = sample_dit(r1['ema'], lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=7)
-    c = sample_dit(r1['ema'], lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=8)
+    a = sample_dit(ema, lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=7)
+    b = sample_dit(ema, lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=7)
+    c = sample_dit(ema, lab, (4, 2, 2), steps=4, method='heun', cfg_scale=2., seed=8)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    parts = torch.cat([sample_dit(ema, lab[:1], (4, 2, 2), steps=4, seed=7), sample_dit(ema, lab[1:], (4, 2, 2), steps=4, seed=7, first=1)])
+    assert torch.equal(parts, sample_dit(ema, lab, (4, 2, 2), steps=4, seed=7))   # the batch size never changes the samples
 
 
 def test_flow_loss_at_init_is_three():
     set_seed(0)
-    _, parts = flow_loss(LightningDiT(DiTConfig(**SMALL)), torch.randn(256, 4, 2, 2), torch.zeros(256, dtype=torch.long))
-    assert abs(parts['mse'] - 2) < 0.1 and parts['cos'] == 0
+    parts = flow_loss(LightningDiT(DiTConfig(**SMALL)), torch.randn(256, 4, 2, 2), torch.zeros(256, dtype=torch.long))
+    assert abs(parts['mse'] - 2) < 0.1 and parts['cos'] == 0 and parts['loss'].requires_grad
 
 
 def _tiny_tokenizer_ckpt(path):
     vit = pytest.importorskip('vtp_nb.vit')
     set_seed(0)
     tok = vit.VisualTokenizer(vit.VIT_SIZES['tiny']())
-    atomic_save({'config': asdict(tok.cfg), 'model': tok.state_dict()}, path)
+    save_tokenizer(tok, path)
     return tok
 
 
@@ -128,7 +143,7 @@ def test_load_tokenizer_roundtrip_and_errors(tmp_path):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad(): torch.testing.assert_close(tok.eval().encode(x), tok2.encode(x))
     torch.save({'weights': {}}, tmp_path / 'bad.pt')
-    with pytest.raises(KeyError, match="'config'"): load_tokenizer(tmp_path / 'bad.pt')
+    with pytest.raises(ConfigError, match="is not a vtp_nb.ckpt/3 checkpoint"): load_tokenizer(tmp_path / 'bad.pt')
 
 
 def test_cli_train_sample_end_to_end(tmp_path):
@@ -138,11 +153,10 @@ def test_cli_train_sample_end_to_end(tmp_path):
     extract_latents(tok, (imgs, labs), tmp_path / 'lat', batch_size=16, tokenizer_path=str(tmp_path / 'tok.pt'), pbar=False)
     main(['train', '--latents', str(tmp_path / 'lat'), '--size', 'tiny', '--steps', '3', '--batch-size', '8',
           '--out', str(tmp_path / 'run'), '--no-progress'])
-    ck = torch.load(tmp_path / 'run' / 'dit.pt', weights_only=False)
-    assert ck['step'] == 3 and ck['config']['in_channels'] == 16 and ck['stats']['num_classes'] == 3
-    main(['train', '--latents', str(tmp_path / 'lat'), '--size', 'tiny', '--steps', '2', '--batch-size', '8',
-          '--out', str(tmp_path / 'run'), '--no-progress', '--resume'])
-    assert torch.load(tmp_path / 'run' / 'dit.pt', weights_only=False)['step'] == 5
+    ck = load_checkpoint(tmp_path / 'run', kind='dit')
+    assert ck['step'] == 3 and ck['config']['model']['in_channels'] == 16 and ck['extra']['stats']['num_classes'] == 3
+    main(['train', '--latents', str(tmp_path / 'lat'), '--steps', '5', '--out', str(tmp_path / 'run'), '--no-progress', '--resume'])
+    assert load_checkpoint(tmp_path / 'run')['step'] == 5
     main(['sample', '--ckpt', str(tmp_path / 'run'), '--n-per-class', '2', '--cfg', '2.0', '--steps', '3', '--out', str(tmp_path / 's')])
     out = load_file(str(tmp_path / 's' / 'samples.safetensors'))
     assert out['latents'].shape == (6, 16, 4, 4) and out['images'].shape == (6, 3, 32, 32) and out['images'].dtype == torch.uint8
@@ -158,12 +172,12 @@ def test_cli_extract_data_small(tmp_path):
     assert st['num_latents'] == 2000 and st['latent_shape'] == [16, 4, 4] and st['num_classes'] == 10
 
 
-def test_paper_preset_is_selectable():
-    from vtp_nb.dit import PRESETS, _parser
-    p = PRESETS['paper']
-    assert (p['size'], p['lr'], p['beta2'], p['global_batch'], p['ema_decay'], p['sample_steps']) == ('B', 2e-4, 0.95, 1024, 0.9999, 250)
-    assert _parser().parse_args(['train', '--latents', 'x', '--out', 'y', '--preset', 'paper']).preset == 'paper'
-
+def test_paper_presets_are_lightningdit():
+    p, x = dit_config('paper'), dit_config('paper_xl')
+    assert (p.model.hidden_size, p.model.depth, x.model.hidden_size, x.model.depth) == (768, 12, 1152, 28)
+    assert (p.optim.lr, p.optim.betas, p.optim.weight_decay, p.optim.grad_clip, p.train.batch_size) == (2e-4, (0.9, 0.95), 0., 0., 1024)
+    assert (p.flow.t_mu, p.flow.t_sigma, p.flow.ema_decay, p.flow.ema_warmup, p.sample.steps) == (-0.75, 1.0, 0.9999, False, 250)
+    assert abs(x.sample.shift - 1 / 0.075) < 1e-9 and set(DIT_PRESETS) == {'cpu', 'paper', 'paper_xl'}
 
 
 def test_extract_from_image_folder_dataset(tmp_path):
@@ -200,67 +214,87 @@ def test_latent_shards_are_memory_mapped_and_match_load_latents(tmp_path):
 
 
 def test_step_sampler_epochs_and_ranks():
-    s = StepSampler(20, batch_size=3, grad_accum=2, world=2, seed=1)
-    assert s.steps_per_epoch == 1  # 12 per step, ragged 8 dropped
+    s = StepSampler(20, 12, world=2, grad_accum=2, seed=1)
+    assert s.steps_per_epoch == 1 and s.micro == 3  # 12 per step, ragged 8 dropped
     parts = [s.indices(0, a, r) for a in range(2) for r in range(2)]
     flat = torch.cat(parts)
     assert len(set(flat.tolist())) == 12 and torch.equal(flat, s.perm(0)[:12])  # disjoint slices of one permutation
     assert not torch.equal(s.indices(1, 0, 0), s.indices(0, 0, 0))  # next epoch: a new permutation
-    assert torch.equal(StepSampler(20, 3, 2, 2, seed=1).indices(1, 1, 1), s.indices(1, 1, 1))  # a pure function of the step
-    with pytest.raises(ValueError, match='exceeds'): StepSampler(10, 3, 2, 2)
+    assert torch.equal(StepSampler(20, 12, 2, 2, seed=1).indices(1, 1, 1), s.indices(1, 1, 1))  # a pure function of the step
+    with pytest.raises(ValueError, match='exceeds'): StepSampler(10, 12, 2, 2)
 
 
-def test_grad_accum_equals_one_big_batch():
+def test_grad_accum_equals_one_big_batch(tmp_path):
     set_seed(0)
-    cfg = DiTConfig(**SMALL, class_dropout=0.)
     z, y = torch.randn(64, 4, 2, 2), torch.randint(0, 3, (64,))
-    a = train_dit(cfg, z, y, steps=4, batch_size=8, grad_accum=4, lr=1e-3, pbar=False)
-    b = train_dit(cfg, z, y, steps=4, batch_size=32, lr=1e-3, pbar=False)
-    for k, v in a['model'].state_dict().items(): torch.testing.assert_close(v, b['model'].state_dict()[k], atol=1e-5, rtol=1e-4)
-    assert abs(a['history'][-1]['loss'] - b['history'][-1]['loss']) < 1e-5
-    c = train_dit(cfg, z, y, steps=4, batch_size=8, lr=1e-3, pbar=False)  # a smaller batch really is different
-    assert not torch.allclose(c['model'].state_dict()['final_layer.linear.weight'], b['model'].state_dict()['final_layer.linear.weight'], atol=1e-5)
+    run = lambda name, accum, batch=32: train_dit(small_run(tmp_path/name, 'model.class_dropout=0', 'optim.lr=1e-3',
+                                                            f'train.grad_accum={accum}', steps=4, batch=batch), (z, y), log=quiet)
+    a, b, c = run('a', 4), run('b', 1), run('c', 1, batch=8)
+    wa, wb, wc = (load_checkpoint(tmp_path/n)['model'] for n in 'abc')
+    for k, v in wa.items(): torch.testing.assert_close(v, wb[k], atol=1e-5, rtol=1e-4)
+    assert abs(a['metrics']['loss'] - b['metrics']['loss']) < 1e-5
+    assert not torch.allclose(wc['final_layer.linear.weight'], wb['final_layer.linear.weight'], atol=1e-5)  # a smaller batch really differs
 
 
 def test_resume_continues_the_same_run(tmp_path):
-    "2N steps in one go equal N steps + resume + N steps (data order, noise and label dropout all continue)."
+    "2N steps in one go equal N steps + resume + N steps exactly (data order, noise, label dropout and EMA all continue)."
     lat = _latent_dir(tmp_path / 'lat')
-    args = ['train', '--latents', str(lat), '--size', 'tiny', '--batch-size', '16', '--grad-accum', '2', '--no-progress']
+    args = ['train', '--latents', str(lat), '--size', 'tiny', '--batch-size', '32', '--grad-accum', '2', '--no-progress']
     main(args + ['--steps', '6', '--out', str(tmp_path / 'a')])
     main(args + ['--steps', '3', '--out', str(tmp_path / 'b')])
-    main(args + ['--steps', '3', '--out', str(tmp_path / 'b'), '--resume'])
-    ka, kb = (torch.load(tmp_path / r / 'dit.pt', weights_only=False) for r in 'ab')
-    assert ka['step'] == kb['step'] == 6 and ka['train_args']['grad_accum'] == 2
-    for k, v in ka['model'].items(): torch.testing.assert_close(v, kb['model'][k], atol=1e-6, rtol=1e-5)
-    for k, v in ka['ema'].items(): torch.testing.assert_close(v, kb['ema'][k], atol=1e-6, rtol=1e-5)
+    main(['train', '--steps', '6', '--out', str(tmp_path / 'b'), '--resume', '--no-progress'])
+    ka, kb = (load_checkpoint(tmp_path / r) for r in 'ab')
+    assert ka['step'] == kb['step'] == 6 and ka['config']['train']['grad_accum'] == 2
+    for sec in ('model', 'ema'):
+        for k, v in ka[sec].items(): assert torch.equal(v, kb[sec][k]), (sec, k)
+
+
+def test_nan_guard_on_the_dit(tmp_path, monkeypatch):
+    "The engine's NaN guard protects the DiT too: a NaN step is skipped, the weights stay finite; too many in a row abort."
+    from vtp_nb import dit as D
+    from vtp_nb.engine import NonFiniteLoss
+    orig = D.DiTTask.loss
+    def loss(self, runner, batch, step, micro, sched):
+        out = orig(self, runner, batch, step, micro, sched)
+        return dict(out, loss=out['loss'] * float('nan')) if step in bad else out
+    monkeypatch.setattr(D.DiTTask, 'loss', loss)
+    z, y = torch.randn(32, 4, 2, 2), torch.randint(0, 3, (32,))
+    bad = {1}
+    res = train_dit(small_run(tmp_path/'a', 'train.log_every=1', steps=4), (z, y), log=quiet)
+    assert [r['skipped'] for r in res['rows']] == [0, 1, 0, 0]
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path/'a')['model'].values())
+    bad = {1, 2, 3}
+    with pytest.raises(NonFiniteLoss, match='3 non-finite steps in a row'):
+        train_dit(small_run(tmp_path/'b', 'train.max_nonfinite=3', steps=6), (z, y), log=quiet)
 
 
 def test_plan_batch_splits_the_global_batch():
-    assert plan_batch(1024, world=1, batch_size=256) == (256, 4)
-    assert plan_batch(1024, world=8, batch_size=256) == (128, 1)
-    assert plan_batch(1024, world=2, batch_size=256) == (256, 2)
-    assert plan_batch(1024, world=8, batch_size=64, fixed=True) == (64, 2)
-    assert plan_batch(1024, world=1, grad_accum=8) == (128, 8)
-    assert plan_batch(None, world=4, batch_size=32) == (32, 1)
-    with pytest.raises(ValueError, match='divisible'): plan_batch(1024, world=3)
-    with pytest.raises(ValueError, match='multiple'): plan_batch(1024, world=1, batch_size=300, fixed=True)
+    assert plan_batch(1024, 1, 256) == (256, 4)
+    assert plan_batch(1024, 8, 256) == (128, 1)
+    assert plan_batch(1024, 2, 256) == (256, 2)
+    assert plan_batch(1024, 8, 64) == (64, 2)
+    with pytest.raises(ConfigError, match='divisible'): plan_batch(1024, 3)
 
 
 def test_cli_paper_plan(tmp_path, capsys):
     lat = _latent_dir(tmp_path / 'lat', n=600, shard_size=500)
-    plan = main(['train', '--latents', str(lat), '--out', str(tmp_path / 'run'), '--preset', 'paper', '--plan', '--device', 'cpu'])
-    assert (plan['model'], plan['batch_size'], plan['grad_accum'], plan['global_batch']) == ('LightningDiT-B', 256, 4, 1024)
-    assert (plan['lr'], plan['beta2'], plan['ema_decay'], plan['bf16'], plan['shards']) == (2e-4, 0.95, 0.9999, False, 3)
-    assert 'global batch 1024' in capsys.readouterr().out and not (tmp_path / 'run').exists()
+    plan = main(['train', '--latents', str(lat), '--out', str(tmp_path / 'run'), '--preset', 'paper', '--batch-size', '512', '--plan'])
+    assert (plan['batch_size'], plan['grad_accum'], plan['global_batch']) == (256, 2, 512)
+    assert (plan['lr'], plan['betas'], plan['ema_decay'], plan['bf16']) == (2e-4, [0.9, 0.95], 0.9999, False)
+    assert '768x12 (paper)' in plan['model'] and not (tmp_path / 'run').exists()
 
 
-def test_torchrun_two_cpu_processes_ddp(tmp_path):
+def test_torchrun_two_cpu_processes_ddp_equals_one_process(tmp_path):
+    "2 ranks x 2 micro-batches of 8 take the same steps as one process with one batch of 32 (label dropout off)."
     lat = _latent_dir(tmp_path / 'lat')
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'vtp_nb.dit', 'train',
-                        '--latents', str(lat), '--size', 'tiny', '--steps', '2', '--batch-size', '8', '--global-batch', '32',
-                        '--out', str(tmp_path / 'run'), '--no-progress'], capture_output=True, text=True, env=env, timeout=120)
+    args = ['train', '--latents', str(lat), '--size', 'tiny', '--steps', '2', '--batch-size', '32', '--no-progress',
+            '--set', 'model.class_dropout=0', 'optim.lr=1e-3']
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'vtp_nb.dit',
+                        *args, '--grad-accum', '2', '--out', str(tmp_path / 'run')], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert 'world 2 x micro-batch 8 x accum 2 = global batch 32' in r.stdout
-    ck = torch.load(tmp_path / 'run' / 'dit.pt', weights_only=False)
-    assert ck['step'] == 2 and len(ck['rng']) == 2 and ck['train_args']['world'] == 2
+    assert 'global batch 32 = 2 rank(s) x 2 micro-batch(es) x 8' in r.stdout and 'strategy=ddp' in r.stdout
+    main(args + ['--out', str(tmp_path / 'one')])
+    a, b = load_checkpoint(tmp_path / 'run'), load_checkpoint(tmp_path / 'one')
+    assert a['step'] == b['step'] == 2
+    for k, v in a['model'].items(): torch.testing.assert_close(v, b['model'][k], atol=1e-5, rtol=1e-4)

@@ -70,14 +70,21 @@ def test_lpips_rules(val):
         with pytest.raises(Exception, match='VGG'): reconstruction_metrics(val.images[:8], x, 'val', lpips='vgg')
 
 def _tiny_ckpts(d):
-    from vtp_nb.vit import VisualTokenizer, VIT_SIZES
-    from vtp_nb.lightningdit import LightningDiT, DiTConfig
-    set_seed(0); cfg = VIT_SIZES['tiny']()
-    atomic_save({'config': asdict(cfg), 'model': VisualTokenizer(cfg).state_dict()}, d/'tok.pt')
-    dcfg = DiTConfig(in_channels=cfg.bottleneck_dim, input_size=4, hidden_size=32, depth=1, num_heads=2)
-    dit = LightningDiT(dcfg)
-    stats = {'mean': [0.] * cfg.bottleneck_dim, 'std': [1.] * cfg.bottleneck_dim, 'latent_shape': [cfg.bottleneck_dim, 4, 4]}
-    atomic_save({'config': asdict(dcfg), 'model': dit.state_dict(), 'ema': dit.state_dict(), 'stats': stats}, d/'dit.pt')
+    "A random tiny tokenizer file and a random DiT checkpoint that records that tokenizer's encoder."
+    from vtp_nb.vit import VisualTokenizer, VIT_SIZES, save_tokenizer
+    from vtp_nb.lightningdit import LightningDiT
+    from vtp_nb.dit import dit_config
+    from vtp_nb.vit import encoder_hash
+    from vtp_nb.config import config_to_dict, apply_overrides
+    from vtp_nb.checkpoint import save_checkpoint
+    set_seed(0); cfg = VIT_SIZES['tiny'](); tok = VisualTokenizer(cfg)
+    save_tokenizer(tok, d/'tok.pt')
+    rc = apply_overrides(dit_config('cpu'), [f'model.in_channels={cfg.bottleneck_dim}', 'model.input_size=4', 'model.hidden_size=32',
+                                             'model.depth=1', 'model.num_heads=2', 'sample.steps=3'])
+    dit = LightningDiT(rc.model)
+    stats = {'mean': [0.] * cfg.bottleneck_dim, 'std': [1.] * cfg.bottleneck_dim, 'latent_shape': [cfg.bottleneck_dim, 4, 4], 'num_classes': 10}
+    save_checkpoint(d/'dit.pt', 'dit', config_to_dict(rc), 1, links={'encoder': encoder_hash(tok), 'tokenizer': str(d/'tok.pt')},
+                    model=dit.state_dict(), ema=dit.state_dict(), optimizer={}, extra={'stats': stats})
 
 def test_evaluate_cli(tmp_path):
     _tiny_ckpts(tmp_path)
@@ -88,19 +95,19 @@ def test_evaluate_cli(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     rep = json.loads((out/'report.json').read_text())
     assert {r['label'].split('[')[0] for r in rep['reconstruction']} >= {'PSNR', 'SSIM', 'rFID', 'rKID', 'recon class acc'}
-    assert {r['label'].split('[')[0] for r in rep['generation']} == {'gFID', 'gKID', 'gen class acc'}
+    assert {r['label'].split('[')[0] for r in rep['generation']} == {'gFID', 'gKID', 'gen class acc', 'gen latent probe top-1'}
     labels = [r['label'] for s in ('understanding', 'reconstruction', 'generation') for r in rep[s]]
     assert any(l.startswith('probe top-1[latent-mean') for l in labels) and any('[pre-mean' in l for l in labels)
     assert all(re.search(r'N=\d+', l) for l in labels)
     assert not re.search(r'[rg]?[FK]ID\s*[=:]\s*-?\d', p.stdout), 'a bare FID/KID number was printed'
     assert re.search(r'gFID\[ref-cls, train, N=50 vs 300\] = ', p.stdout)
-    assert (out/'recons.png').exists() and (out/'samples.png').exists()
+    assert (out/'recons.png').exists() and (out/'samples_cfg1.png').exists()
 
 def test_evaluate_cli_bad_ckpt(tmp_path):
     torch.save({'weights': {}}, tmp_path/'bad.pt')
     p = subprocess.run([sys.executable, '-m', 'vtp_nb.evaluate', '--ckpt', str(tmp_path/'bad.pt'), '--out', str(tmp_path/'o')],
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode != 0 and "'config'" in p.stderr
+    assert p.returncode == 2 and 'is not a vtp_nb.ckpt/3 checkpoint' in p.stderr and 'Traceback' not in p.stderr
 
 def test_zero_shot_from_train_checkpoint(tmp_path, val):
     "A vtp_nb.train-format checkpoint with a CLIP branch gets labelled zero-shot numbers."

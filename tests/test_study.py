@@ -3,50 +3,53 @@ import os, json, subprocess, sys, time
 os.environ['HF_HUB_OFFLINE'] = '1'
 from pathlib import Path
 import pytest, torch
+from vtp_nb.config import apply_overrides, ConfigError
 from vtp_nb.study import (STUDY_PRESETS, MAIN_VARIANTS, SCALING_VARIANTS, HEADLINE_LABELS, study_jobs, run_study,
-                          tokenizer_config, format_table, headline)
+                          tokenizer_config, format_table)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 # the tiny preset, shrunk further: 3 budgets, no lambda_rec sweep point, small evaluation sets
-FAST = dict(main_steps=2, budgets=(1, 2, 3), extra=(), n_train=200, n_val=50, n_gen=20, dit_steps=3, stage2_steps=2, data_sizes=(40,),
-            routing=(('vtp', 2),), widths=(32,))
+FAST = ['main_steps=2', 'budgets=1,2,3', 'extra=[]', 'eval.n_train=200', 'eval.n_val=50', 'eval.n_gen=20', 'dit.train.steps=3',
+        'stage2_steps=2', 'data_sizes=40', "routing=[('vtp', 2)]", 'widths=32']
+
+def fast(): return apply_overrides(STUDY_PRESETS['tiny'](), FAST)
 
 
 def test_cpu_preset_is_a_matched_compute_study():
-    p = STUDY_PRESETS['cpu']
+    p = STUDY_PRESETS['cpu']()
     jobs = {j['name']: j for j in study_jobs(p)}
-    for v in MAIN_VARIANTS: assert f"{v}@{p['main_steps']}" in jobs
+    for v in MAIN_VARIANTS: assert f"{v}@{p.main_steps}" in jobs
     for v in SCALING_VARIANTS:
-        assert len(p['budgets']) >= 3 and all(f'{v}@{s}' in jobs for s in p['budgets'])
-    assert p['main_steps'] in p['budgets'] and max(p['budgets']) / min(p['budgets']) >= 9
+        assert len(p.budgets) >= 3 and all(f'{v}@{s}' in jobs for s in p.budgets)
+    assert p.main_steps in p.budgets and max(p.budgets) / min(p.budgets) >= 9
     cfgs = [tokenizer_config(p, j['variant'], j['steps'], '/tmp/x', j.get('lambda_rec'), j.get('max_images', 0), j.get('bottleneck_ae_only', True))
             for j in jobs.values()]
     # same encoder, batch and subsets for every variant: only the loss terms (and the sweep's lambda_rec) differ;
     # the routing ablation changes only which features the CLIP/SSL heads read
     assert len({json.dumps(c.model.__dict__, sort_keys=True) for c in cfgs}) == 2
     assert {c.model.bottleneck_ae_only for c in cfgs} == {True, False}
-    assert not p['widths']                                  # parameter scaling is opt-in (--set 'widths=[64,192]')
-    assert [j['name'] for j in jobs.values() if j.get('bottleneck_ae_only') is False] == [f"vtp@{p['main_steps']},route"]
+    assert not p.widths                                     # parameter scaling is opt-in (--set 'widths=[64,192]')
+    assert [j['name'] for j in jobs.values() if j.get('bottleneck_ae_only') is False] == [f"vtp@{p.main_steps},route"]
     assert len({json.dumps({**c.model.__dict__, 'bottleneck_ae_only': True}, sort_keys=True) for c in cfgs}) == 1
     assert {(c.train.batch_size, c.objective.batch_ssl, c.objective.batch_rec) for c in cfgs} == {(128, 32, 64)}
     assert {c.objective.variant for c in cfgs} == set(MAIN_VARIANTS)
     # data scaling: AE and VTP at the main budget on nested subsets, spanning >= 9x up to all 5,000 images
-    sizes = sorted(p['data_sizes']) + [5000]
+    sizes = sorted(p.data_sizes) + [5000]
     assert len(sizes) >= 3 and sizes[-1] / sizes[0] >= 9
     for v in SCALING_VARIANTS:
-        for k in p['data_sizes']: assert jobs[f"{v}@{p['main_steps']},n{k}"]['max_images'] == k
-    assert {c.data.max_images for c in cfgs} == {0} | set(p['data_sizes'])
+        for k in p.data_sizes: assert jobs[f"{v}@{p.main_steps},n{k}"]['max_images'] == k
+    assert {c.data.max_images for c in cfgs} == {0} | set(p.data_sizes)
 
 
-def test_bad_preset_and_override(tmp_path):
-    with pytest.raises(ValueError, match='unknown'): run_study('nope', tmp_path)
-    with pytest.raises(ValueError, match='unknown preset fields'): run_study('tiny', tmp_path, overrides=dict(dit_stepz=3))
+def test_bad_override_names_the_field():
+    with pytest.raises(ConfigError, match="has no field 'dit_stepz'"): apply_overrides(STUDY_PRESETS['tiny'](), ['dit_stepz=3'])
+    with pytest.raises(ConfigError, match="did you mean 'dit.train.steps'"): apply_overrides(STUDY_PRESETS['tiny'](), ['dit.train.stesp=3'])
 
 
 def test_tiny_study_end_to_end_and_resume(tmp_path):
     t0 = time.time()
-    res = run_study('tiny', tmp_path, workers=1, overrides=FAST, log=lambda s: None)
+    res = run_study(fast(), tmp_path, log=lambda s: None)
     first = time.time() - t0
     on_disk = json.loads((tmp_path/'results.json').read_text())
     assert set(on_disk['main']) == {f'{v}@2' for v in MAIN_VARIANTS}
@@ -70,12 +73,13 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     assert on_disk['main']['clip_ae@2']['zero-shot top-1'] is not None
     # every FID-like number says which feature space it is in
     for run in on_disk['runs'].values():
-        for m in run['reconstruction'] + run['generation']:
+        for m in run['report']['reconstruction'] + run['report']['generation']:
             if 'FID' in m['name']: assert m['space'] == 'ref-cls' and 'ref-cls' in m['label']
     assert {m['space'] for m in on_disk['floors']} == {'pixels', 'random-init latent-mean', 'random-init pre-mean', 'random-init pre-cls'}
     # resume: a second call finds every stage's outputs and only re-assembles
     t0 = time.time()
-    res2 = run_study('tiny', tmp_path, workers=1, overrides=FAST, log=lambda s: None)
+    with pytest.raises(ConfigError, match='already holds a study: pass --resume'): run_study(fast(), tmp_path, log=lambda s: None)
+    res2 = run_study(fast(), tmp_path, resume=True, log=lambda s: None)
     assert time.time() - t0 < first / 2
     assert res2['main'] == json.loads(json.dumps(res['main']))
     assert 'vtp@2' in format_table(res2)
@@ -83,7 +87,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
 
 def test_cli_rejects_unknown_preset():
     r = subprocess.run([sys.executable, '-m', 'vtp_nb.study', '--preset', 'huge'], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode != 0 and 'invalid choice' in r.stderr
+    assert r.returncode == 2 and "--preset 'huge' is unknown: choose one of tiny, cpu" in r.stderr and 'Traceback' not in r.stderr
 
 
 def test_bench_smoke(tmp_path):

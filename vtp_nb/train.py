@@ -159,7 +159,7 @@ def init_weights(model:VTP, # freshly built, not yet wrapped (DDP/FSDP) or given
             + (f"; not used: {', '.join(unused)}" if unused else ''))
     return dict(kind=src['kind'], loaded=loaded, left=left, unused=unused, line=line)
 
-# %% ../nbs/14_train.ipynb #c6de79a9
+# %% ../nbs/14_train.ipynb #e6028d44
 class VTPTask(Task):
     "The VTP tokenizer on the engine: batches, branch subsets, the joint loss, teacher and temperature after each step."
     kind, plot_keys, frozen = 'tokenizer', ('loss', 'rec', 'ssl', 'clip'), ('rec_loss.',)
@@ -167,9 +167,9 @@ class VTPTask(Task):
         super().__init__(cfg); self.terms = active_terms(cfg.objective)
     def config_dict(self): return config_to_dict(self.cfg)
     def build(self): return build_vtp(self.cfg)
-    def start(self, model, resumed, log):
+    def start(self, model, ck, log):
         self.model, t = model, self.cfg.train
-        if t.init_from and not resumed: log(init_weights(model, self.cfg, t.init_from)['line'])
+        if t.init_from and ck is None: log(init_weights(model, self.cfg, t.init_from)['line'])
         elif t.init_from: log(f"train.init_from={t.init_from!r} ignored: resuming restores every weight from the checkpoint")
     def shard_units(self, model):
         return [m for m in model.modules() if isinstance(m, Block) or type(m).__name__ == 'ResidualAttentionBlock']

@@ -12,12 +12,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import RmsNorm, SwiGLU, drop_path
-from .core import atomic_save
+from .checkpoint import save_checkpoint, load_checkpoint, checkpoint_path, CheckpointError, weights_hash
 
 # %% auto #0
 __all__ = ['vit_tiny', 'vit_small_f8d32', 'vit_small_f4d16', 'vit_S', 'vit_B', 'vit_L', 'VIT_SIZES', 'swiglu_hidden', 'ViTConfig',
            'rope_2d_sincos', 'rotate_half', 'apply_rope', 'Attention', 'Block', 'PixelDecoder', 'VisualTokenizer',
-           'save_tokenizer', 'tokenizer_from_checkpoint', 'checkpoint_file', 'load_tokenizer']
+           'save_tokenizer', 'tokenizer_from_checkpoint', 'encoder_hash', 'load_tokenizer']
 
 # %% ../nbs/05_vit.ipynb #b10fe88c
 def swiglu_hidden(width:int, # token width D
@@ -345,31 +345,26 @@ class VisualTokenizer(nn.Module):
 
 # %% ../nbs/05_vit.ipynb #d8d1de74
 def save_tokenizer(tok:VisualTokenizer, path) -> Path:
-    "Write a tokenizer-only checkpoint `{'config', 'model'}` atomically."
-    return atomic_save({'config': tok.config_dict(), 'model': tok.state_dict()}, path)
+    "Write a tokenizer-only checkpoint (kind 'tokenizer' of `vtp_nb.checkpoint`) atomically."
+    return save_checkpoint(path, 'tokenizer', {'model': tok.config_dict()}, 0, model=tok.state_dict())
 
-def tokenizer_from_checkpoint(ck:dict, # a loaded checkpoint dict with 'config' and 'model'
+def tokenizer_from_checkpoint(ck:dict, # a checkpoint dict (`vtp_nb.checkpoint.load_checkpoint`) holding a tokenizer
                               where:str='checkpoint' # named in errors
                              ) -> VisualTokenizer:
-    "Rebuild a `VisualTokenizer` (eval mode) from a loaded tokenizer file or `vtp_nb.train` checkpoint."
-    if not isinstance(ck, dict) or 'config' not in ck or 'model' not in ck:
-        raise KeyError(f"{where}: expected a dict with 'config' and 'model' (save_tokenizer or vtp_nb.train), "
-                       f"got {list(ck) if isinstance(ck, dict) else type(ck).__name__}")
-    cfg = ck['config']
-    if isinstance(cfg.get('model'), dict): cfg = cfg['model']   # a training run's config: the ViT config is its `model`
+    "Rebuild a `VisualTokenizer` (eval mode) from a tokenizer, stage-2 or tokenizer-file checkpoint."
+    cfg = ck.get('config', {}).get('model') if isinstance(ck.get('config'), dict) else None
+    if not isinstance(cfg, dict) or 'model' not in ck:
+        raise CheckpointError(f"{where}: holds no tokenizer (expected config['model'] and a 'model' section)")
     tok = VisualTokenizer(ViTConfig.from_dict(cfg))
     tok.load_state_dict(ck['model'])
     return tok.eval()
 
-def checkpoint_file(path) -> Path:
-    "`path` itself, or `path/ckpt.pt` for a run folder; a clear error when missing."
-    p = Path(path)
-    if p.is_dir(): p = p/'ckpt.pt'
-    if not p.exists(): raise FileNotFoundError(f"no tokenizer checkpoint at {p}")
-    return p
+def encoder_hash(tokenizer:nn.Module) -> str:
+    "Fingerprint of the latent space: the hash of every weight except the pixel decoder's (`vtp_nb.checkpoint.weights_hash`)."
+    return weights_hash(tokenizer.state_dict(), exclude=('decoder.',))
 
-def load_tokenizer(path, # tokenizer file, `vtp_nb.train` checkpoint, or a run folder holding `ckpt.pt`
+def load_tokenizer(path, # a tokenizer run or stage-2 run (folder or ckpt.pt), or a `save_tokenizer` file
                    map_location='cpu') -> VisualTokenizer:
-    "Rebuild a `VisualTokenizer` (eval mode) from any vtp_nb checkpoint that holds one."
-    p = checkpoint_file(path)
-    return tokenizer_from_checkpoint(torch.load(p, map_location=map_location, weights_only=False), str(p))
+    "Rebuild a `VisualTokenizer` (eval mode) from any vtp_nb checkpoint that holds one (read with weights_only=True)."
+    return tokenizer_from_checkpoint(load_checkpoint(path, kind=('tokenizer', 'stage2'), map_location=map_location),
+                                     str(checkpoint_path(path)))
