@@ -3,7 +3,7 @@
 1. nbdev sync: `nbdev-clean` + `nbdev-export` must leave `nbs/` and `vtp_nb/` unchanged.
 2. Every notebook in `nbs/` runs under nbdev's `test_nb` (cells flagged `notest slow gpu` are skipped),
    two at a time with one thread each so they do not fight over two cores.
-3. `pytest tests/`.
+3. `pytest tests/`, two worker processes (pytest-xdist) with one thread each.
 The last line is `N passed, N failed`, counting notebooks and pytest tests together.
 """
 import hashlib, os, subprocess, sys, time, xml.etree.ElementTree as ET
@@ -58,12 +58,12 @@ def run_notebooks(workers=2):
     return sum(results), len(results) - sum(results)
 
 
-def run_pytest():
-    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '2'
+def run_pytest(workers=2):
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'   # pytest-xdist: 2 worker processes x 1 thread
     if not any((ROOT/'tests').glob('test_*.py')): return 0, 0
     xml = ROOT/'.pytest_cache'/'junit.xml'
     xml.parent.mkdir(exist_ok=True)
-    r = subprocess.run([sys.executable, '-m', 'pytest', 'tests', '-q', '-p', 'no:cacheprovider',
+    r = subprocess.run([sys.executable, '-m', 'pytest', 'tests', '-q', '-p', 'no:cacheprovider', '-n', str(workers),
                         f'--junitxml={xml}'], cwd=ROOT)
     if r.returncode not in (0, 1) or not xml.exists():
         print(f'pytest exited with {r.returncode}'); return 0, 1

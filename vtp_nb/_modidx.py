@@ -347,6 +347,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'vtp_nb.loaders._worker_id': ('loaders.html#_worker_id', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders.encoder_transform': ('loaders.html#encoder_transform', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders.load_image': ('loaders.html#load_image', 'vtp_nb/loaders.py'),
+                                'vtp_nb.loaders.missing_shards': ('loaders.html#missing_shards', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders.open_images': ('loaders.html#open_images', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders.shard_urls': ('loaders.html#shard_urls', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders.split_dataset': ('loaders.html#split_dataset', 'vtp_nb/loaders.py'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_clip.ipynb #1f34d2e3
 from __future__ import annotations
-import math
+import math, warnings
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable, Iterable
@@ -15,6 +15,10 @@ from open_clip.transformer import TextTransformer
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.loss import ClipLoss, SigLipLoss
 from .core import from_uint8, generator
+
+# open_clip's ClipLoss gathers features with an all_gather that torch 2.14 deprecates; the warning (twice per rank
+# per step under torchrun) is about open_clip's code, not ours, and would bury every run's own output
+warnings.filterwarnings('ignore', message=r'torch\.distributed\.nn\.functional\.all_gather is deprecated', category=FutureWarning)
 
 # %% auto #0
 __all__ = ['TEXT_SIZES', 'TextConfig', 'text_config', 'get_tokenizer', 'build_text_tower', 'ClipImageHead', 'info_nce',
