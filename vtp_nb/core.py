@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #0887a065
 from __future__ import annotations
-import os, random, tempfile, math, hashlib
+import os, random, tempfile, math, hashlib, shutil
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt
 
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'set_threads', 'seed_for', 'generator', 'seed_everything', 'from_uint8', 'to_uint8',
-           'show_images', 'atomic_save', 'atomic_write_text', 'repo_root', 'data_small_path', 'count_params',
-           'fmt_count', 'flop_counter', 'warmup_cosine', 'is_dist', 'dist_info', 'init_dist']
+           'show_images', 'atomic_save', 'atomic_write_text', 'atomic_copy', 'repo_root', 'data_small_path',
+           'count_params', 'fmt_count', 'flop_counter', 'warmup_cosine', 'is_dist', 'dist_info', 'init_dist']
 
 # %% ../nbs/00_core.ipynb #66ad8cb9
 def set_seed(seed:int # seed for python, numpy and torch (all devices)
@@ -34,7 +34,7 @@ def set_threads(n:int|None=None # intra-op threads; `None` reads `OMP_NUM_THREAD
     torch.set_num_threads(n)
     return n
 
-# %% ../nbs/00_core.ipynb #238a526e
+# %% ../nbs/00_core.ipynb #ca0938a9
 def _key_int(k) -> int:
     if isinstance(k, str): return int.from_bytes(hashlib.blake2b(k.encode(), digest_size=8).digest(), 'little')
     if isinstance(k, (bool, float)) or not isinstance(k, (int, np.integer)) or k < 0:
@@ -111,6 +111,10 @@ def atomic_save(obj, # anything `torch.save` accepts
 def atomic_write_text(text:str, path) -> Path:
     "Write text atomically (temp file + rename)."
     return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+def atomic_copy(src, path) -> Path:
+    "Copy a file atomically (temp file + rename)."
+    return _atomic(path, lambda tmp: shutil.copyfile(src, tmp))
 
 # %% ../nbs/00_core.ipynb #eb47457c
 def repo_root() -> Path:

@@ -24,8 +24,8 @@ from .evaluate import EvalConfig, evaluate_tokenizer, floor_probes, headline, lo
 
 # %% auto #0
 __all__ = ['STUDY_PRESETS', 'MAIN_VARIANTS', 'SCALING_VARIANTS', 'VARIANT_NAMES', 'STEP_COST', 'HEADLINE_LABELS', 'StudyConfig',
-           'study_jobs', 'tokenizer_config', 'job_dir', 'run_job', 'run_floors', 'plot_scaling', 'plot_chain',
-           'plot_samples', 'collect', 'prepare_study_out', 'run_study', 'format_table', 'main']
+           'study_jobs', 'tokenizer_config', 'job_dir', 'tokenizer_stages', 'run_job', 'run_floors', 'plot_scaling',
+           'plot_chain', 'plot_samples', 'collect', 'prepare_study_out', 'run_study', 'format_table', 'main']
 
 # %% ../nbs/23_study.ipynb #7b04b1a8
 @dataclass
@@ -113,6 +113,22 @@ def _stage(folder:Path, steps:int, fn, cfg, *args, **kw) -> float:
     if not _done(folder, steps): fn(cfg, *args, resume=(folder/'ckpt.pt').exists(), **kw)
     return time.time() - t0
 
+def tokenizer_stages(job:dict, p:StudyConfig, out:Path, log) -> dict:
+    "The tokenizer, its stage-2 decoder and its latents in `out` (finished stages skipped); returns their seconds."
+    T = {}
+    tc = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'), job.get('max_images', 0),
+                          job.get('bottleneck_ae_only', True), job.get('width'))
+    T['tokenizer'] = _stage(out/'tok', job['steps'], train, tc, log=log)
+    s2 = apply_overrides(Stage2RunConfig(), [f'tokenizer={out/"tok"}', f'train.steps={p.stage2_steps}', f'train.batch_size={p.stage2_batch}',
+                                             f'optim.lr={p.stage2_lr}', f'train.seed={p.seed}', f'train.out_dir={out/"stage2"}',
+                                             'train.progress=false', 'train.threads=1', f'train.ckpt_every={p.stage2_steps}'])
+    T['stage2'] = _stage(out/'stage2', p.stage2_steps, train_stage2, s2, log=log)
+    t0 = time.time()
+    if not (out/'latents'/'latent_stats.json').exists():
+        extract_latents(load_tokenizer(out/'tok'), load_data_small('train'), out/'latents', flip=True, pbar=False, tokenizer_path=str(out/'tok'))
+    T['latents'] = time.time() - t0
+    return T
+
 def run_job(job:dict, # from `study_jobs`
             p:StudyConfig, root:str # the study's run folder
            ) -> dict:
@@ -122,31 +138,19 @@ def run_job(job:dict, # from `study_jobs`
     if (out/'result.json').exists(): return json.loads((out/'result.json').read_text())
     with open(out/'log.txt', 'a') as logf:
         def log(s): logf.write(f'[{time.strftime("%H:%M:%S")}] {s}\n'); logf.flush()
-        train_data, val, T = load_data_small('train'), load_data_small('val'), {}
-        tc = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'), job.get('max_images', 0),
-                              job.get('bottleneck_ae_only', True), job.get('width'))
-        T['tokenizer'] = _stage(out/'tok', job['steps'], train, tc, log=log)
-        s2 = apply_overrides(Stage2RunConfig(), [f'tokenizer={out/"tok"}', f'train.steps={p.stage2_steps}', f'train.batch_size={p.stage2_batch}',
-                                                 f'optim.lr={p.stage2_lr}', f'train.seed={p.seed}', f'train.out_dir={out/"stage2"}',
-                                                 'train.progress=false', 'train.threads=1', f'train.ckpt_every={p.stage2_steps}'])
-        T['stage2'] = _stage(out/'stage2', p.stage2_steps, train_stage2, s2, log=log)
-        t0 = time.time()
-        tok_s1, clip = load_for_eval(out/'tok', 'cpu')
-        if not (out/'latents'/'latent_stats.json').exists():
-            extract_latents(tok_s1, train_data, out/'latents', flip=True, pbar=False, tokenizer_path=str(out/'tok'))
-        T['latents'] = time.time() - t0
+        T = tokenizer_stages(job, p, out, log)
         dc = apply_overrides(replace(p.dit), [f'latents={out/"latents"}', f'train.out_dir={out/"dit"}', f'train.seed={p.seed}', 'train.threads=1'])
         T['dit'] = _stage(out/'dit', dc.train.steps, train_dit, dc, log=log)
         t0 = time.time()
-        dit = load_dit(out/'dit')
-        report, figs = evaluate_tokenizer(tok_s1, train_data, val, replace(p.eval, seed=p.seed), clip, {'stage2': load_tokenizer(out/'stage2')},
-                                          dit, log=log)
+        tok_s1, clip = load_for_eval(out/'tok', 'cpu')
+        report, figs = evaluate_tokenizer(tok_s1, load_data_small('train'), load_data_small('val'), replace(p.eval, seed=p.seed), clip,
+                                          {'stage2': load_tokenizer(out/'stage2')}, load_dit(out/'dit'), log=log)
         imgs, labels = figs['samples'][max(p.eval.cfg_scales)]
         save_file({'images': to_uint8(imgs[:40]).contiguous(), 'labels': labels[:40]}, str(out/'samples.safetensors'))
         T['eval'] = time.time() - t0
-        rows = json.loads((out/'dit'/'metrics.jsonl').read_text().splitlines()[-1]) if (out/'dit'/'metrics.jsonl').exists() else {}
+        dit_loss = json.loads((out/'dit'/'metrics.jsonl').read_text().splitlines()[-1])['loss']
         tr = load_checkpoint(out/'tok')['extra']['metrics']
-        res = dict(job, report=report, headline=dict(headline(report), **{'DiT flow loss': rows.get('loss'), 'train s': round(T['tokenizer'], 1)}),
+        res = dict(job, report=report, headline=dict(headline(report), **{'DiT flow loss': dit_loss, 'train s': round(T['tokenizer'], 1)}),
                    train=dict(steps=job['steps'], final={k: tr[k] for k in ('loss', 'rec', 'clip', 'ssl', 'teacher_entropy') if k in tr},
                               step_s=tr.get('step_s'), flops_per_step=tr.get('flops_per_step')),
                    seconds={k: round(v, 1) for k, v in T.items()})
