@@ -124,6 +124,16 @@ def test_plan_full_without_gpu(capsys):
     assert 'needs GPUs and torchrun' in out and 'GPU-hours' in out and 'GFLOP/sample' in out
     p = T.plan(T.make_config('full'))
     assert 290e6 < p['params']['encoder_trunk'] < 320e6 and p['gpu_hours'] > 0
+    # the full scale does not fit as it is (329 GB of fp32 activations per GPU at 128 GPUs); the planner splits it
+    assert p['act_gb_per_gpu'] > 300 and 'fits a 80 GB GPU' in out and 'fits a 141 GB GPU' in out
+    f80, f141 = p['fits']['80'], p['fits']['141']
+    assert f80['fits'] and f141['fits'] and f80['grad_accum'] > f141['grad_accum'] >= 1 and f80['total_gb'] <= 0.85 * 80
+    from vtp_nb.scales import fit_memory
+    acc = fit_memory(p['branches'], 128, 0.1, 20.)                       # 20 GB: accumulation down to 1 rec sample per micro-batch
+    assert acc['fits'] and not acc['activation_checkpointing'] and acc['grad_accum'] == 16 and acc['micro']['rec'] == 1
+    tight = fit_memory(p['branches'], 128, 0.1, 10.)                     # 10 GB: accumulation alone is not enough
+    assert tight['fits'] and tight['activation_checkpointing'] and tight['total_gb'] <= 8.5
+    assert not fit_memory(p['branches'], 128, 0.1, 0.1)['fits']
 
 def test_torchrun_two_cpu_processes_ddp(tmp_path, data_root):
     r = cli('--scale', 'small', '--steps', '2', '--out', str(tmp_path), '--set', *TINY, f'data.path={data_root}', nproc=2)
@@ -356,3 +366,67 @@ def test_webdataset_missing_shards_name_data_path(tmp_path):
     assert len(L.shard_urls(pattern)) == 2
     r = cli('--scale', 'small', '--steps', '1', '--out', str(tmp_path/'cli'), '--set', *TINY, *WDS, f'data.path={nowhere}')
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'matches no shard file' in r.stderr, r.stderr
+
+# ---------- gradient accumulation: every branch, and the contrastive feature cache ----------
+
+def _split(big:dict, A:int) -> list:
+    "Split a `make_batch` dict of B images into A micro-batch dicts of B/A images (views and crops kept together)."
+    B = len(big['image']); b = B // A
+    s, n_l = big['ssl'], len(big['ssl']['local_crops']) // B
+    out = []
+    for a in range(A):
+        r = slice(a * b, (a + 1) * b)
+        v = lambda t, k: torch.cat([t[i * B:(i + 1) * B][r] for i in range(k)])     # rows of these images in every view
+        m = v(s['masks'], 2)
+        w = (1 / m.sum(-1).clamp(min=1)).unsqueeze(-1).expand_as(m)[m]
+        out.append(dict(image=big['image'][r], tokens=big['tokens'][r], rec_image=big['rec_image'][r],
+                        ssl=dict(global_crops=v(s['global_crops'], 2), local_crops=v(s['local_crops'], n_l), masks=m, weights=w)))
+    return out
+
+def test_accumulated_step_equals_the_big_step_for_all_three_branches():
+    "A step split into 2 micro-batches (CLIP through the feature cache, DINO/iBOT/rec plainly, centres once per step) "
+    "gives the gradients and centres of one big batch. KoLeo is off: like DINOv2's (per GPU), it is per micro-batch."
+    cfg = T.apply_overrides(T.make_config('small'), TINY + ['ssl.koleo_weight=0', 'objective.batch_ssl=16', 'objective.batch_rec=16'])
+    torch.manual_seed(0)
+    m1 = T.build_vtp(cfg); m2 = T.build_vtp(cfg); m2.load_state_dict(m1.state_dict())
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    tok = T.get_tokenizer(cfg.clip.text.context_length)([f'a drawing of shape {i}' for i in range(16)])
+    torch.manual_seed(1)
+    big = m1.make_batch(x, tok, torch.arange(16), torch.arange(16))
+    assert big['ssl']['masks'].any()
+    m1(big, teacher_temp=0.04)['loss'].backward()
+    micro = _split(big, 2)
+    cache = [m2.clip_features(mb['image'], mb['tokens']) for mb in micro]
+    cache = dict(image=[u for u, _ in cache], text=[v for _, v in cache])
+    for a, mb in enumerate(micro): (m2(mb, teacher_temp=0.04, clip_cache=dict(cache, index=a))['backward'] / 2).backward()
+    g1, g2 = ({n: p.grad for n, p in m.student_params() if p.grad is not None} for m in (m1, m2))
+    assert set(g1) == set(g2) and any(n.startswith('clip.') for n in g1) and any(n.startswith('ssl.dino_head') for n in g1)
+    for n in g1: torch.testing.assert_close(g2[n], g1[n], atol=2e-6, rtol=1e-4, msg=n)
+    m1.update_teacher(0.99); m2.update_teacher(0.99)
+    for c in ('dino_loss', 'ibot_loss'):
+        torch.testing.assert_close(getattr(m2.ssl, c).center, getattr(m1.ssl, c).center, atol=1e-6, rtol=1e-5)
+
+def test_engine_accumulation_matches_and_clip_needs_the_cache(tmp_path, data_root, monkeypatch):
+    "Through the engine (CLIP + rec, every image in both branches): 2 x 8 accumulated = 1 x 16; without the cache it differs."
+    run = lambda out, *x: T.train(tiny_cfg(tmp_path/out, data_root, 'objective.variant=clip_ae', 'objective.batch_rec=16',
+                                           'train.steps=2', *x), log=lambda *_: None)
+    ra, rb = run('big'), run('acc', 'train.grad_accum=2')
+    torch.testing.assert_close(torch.tensor([r['loss'] for r in rb['rows']]), torch.tensor([r['loss'] for r in ra['rows']]), atol=1e-5, rtol=1e-5)
+    a, b = T.load_checkpoint(tmp_path/'big'), T.load_checkpoint(tmp_path/'acc')
+    for sec in ('model', 'clip'):
+        for k, v in a[sec].items():
+            if k.endswith('in_proj_bias'): continue   # its key third has zero true gradient (softmax ignores it): AdamW turns rounding noise there into full steps
+            torch.testing.assert_close(b[sec][k], v, atol=1e-5, rtol=1e-4, msg=f'{sec}.{k}')
+    monkeypatch.setattr(T.VTPTask, 'begin_step', lambda *a, **k: setattr(a[0], 'cache', None))   # plain accumulation
+    run('plain', 'train.grad_accum=2')
+    c = T.load_checkpoint(tmp_path/'plain')
+    assert not torch.allclose(c['clip']['image_head.proj.weight'], a['clip']['image_head.proj.weight'], atol=1e-5)
+
+def test_activation_checkpointing_gives_the_same_step(tmp_path, data_root):
+    "Recomputing the blocks in the backward changes memory, not the result; the checkpoint's names are unchanged."
+    run = lambda out, *x: T.train(tiny_cfg(tmp_path/out, data_root, 'train.steps=2', *x), log=lambda *_: None)
+    run('plain'); run('ac', 'train.activation_checkpointing=true')
+    a, b = T.load_checkpoint(tmp_path/'plain'), T.load_checkpoint(tmp_path/'ac')
+    for sec in ('model', 'clip', 'ssl', 'teacher'):
+        assert set(a[sec]) == set(b[sec])
+        for k, v in a[sec].items(): torch.testing.assert_close(b[sec][k], v, atol=1e-5, rtol=1e-4, msg=f'{sec}.{k}')

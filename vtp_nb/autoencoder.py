@@ -34,15 +34,16 @@ def vgg_weights_available() -> bool:
 class MissingVGGWeights(FileNotFoundError):
     "The VGG16 ImageNet weights LPIPS needs are not on this machine."
 
-def missing_vgg_message() -> str:
+def missing_vgg_message(fix:str|None=None # how to go on without the weights, in the caller's terms (default: the Python API)
+                       ) -> str:
     "What to do when the VGG16 checkpoint is missing."
     p = vgg_weights_path()
+    fix = fix or "ReconLoss(perceptual='random') (logged as 'lpips_randvgg'), or perceptual='none' for L1 only"
     return (f"LPIPS(net='vgg') needs torchvision's VGG16 ImageNet weights, expected at {p} (torch.hub.get_dir() = "
             f"$TORCH_HOME/hub, default ~/.cache/torch/hub). On a machine with internet fetch them with\n"
             f"    mkdir -p {p.parent} && curl -L -o {p} {VGG16_URL}\n"
             f"or `python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"`, then copy the file here. "
-            f"To train without them, opt in explicitly to the random-trunk perceptual loss: ReconLoss(perceptual='random') "
-            f"(logged as 'lpips_randvgg'), or use perceptual='none' for L1 only.")
+            f"To go on without them, opt in explicitly to the random-trunk perceptual loss: {fix}.")
 
 # %% ../nbs/06_autoencoder.ipynb #0a46a96d
 def load_vgg16_trunk(trunk:nn.Module, # `lpips.pretrained_networks.vgg16` (slices 1-5)

@@ -191,13 +191,19 @@ class ClipBranch(nn.Module):
     def forward(self,
                 cls:torch.Tensor, # (B, D) semantic cls feature
                 patch:torch.Tensor|None, # (B, N, D) semantic patch features
-                tokens:torch.Tensor # (B, L) token ids of the B captions
+                tokens:torch.Tensor, # (B, L) token ids of the B captions
+                cache:dict|None=None # gradient accumulation: dict(image=[(b, E)...], text=[...], index=a), see below
                ) -> dict:
         "dict(loss, logit_scale=tau, image_features (B, E), text_features (B, E))."
         u = self.encode_image(cls, patch)                     # (B, E)
         v = self.encode_text(tokens)                          # (B, E)
-        tau = self.logit_scale.exp()
-        loss = self.loss_fn(u, v, tau, self.logit_bias)
+        tau, bias = self.logit_scale.exp(), self.logit_bias
+        if cache is not None:                                 # this micro-batch's rows, with grad, among every other's cached rows
+            a = cache['index']
+            u = torch.cat([*cache['image'][:a], u, *cache['image'][a + 1:]])   # (A*b, E)
+            v = torch.cat([*cache['text'][:a], v, *cache['text'][a + 1:]])
+            if a > 0: tau, bias = tau.detach(), None if bias is None else bias.detach()   # their gradient once per step
+        loss = self.loss_fn(u, v, tau, bias)
         return dict(loss=loss, logit_scale=tau.detach(), image_features=u, text_features=v)
 
 # %% ../nbs/07_clip.ipynb #e85bd9f9

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 from .core import set_seed, get_device, from_uint8, show_images, atomic_write_text
-from .config import apply_overrides, run_cli
+from .config import ConfigError, apply_overrides, run_cli
 from .checkpoint import load_checkpoint
 from .data import TEMPLATES, load_data_small
 from .vit import VisualTokenizer, tokenizer_from_checkpoint
+from .autoencoder import MissingVGGWeights, missing_vgg_message
 from .scales import run_config_from_dict
 from .clip import ClipBranch, ClipConfig, zero_shot_classifier, zero_shot_eval
 from .dit import load_dit, sample_images, check_tokenizer
@@ -23,7 +24,7 @@ from .metrics import (MetricResult, fid_kid, resolve_fid_space, reconstruct, rec
 __all__ = ['EvalConfig', 'colour_labels', 'zero_shot', 'understanding', 'floor_probes', 'reconstruction', 'generation',
            'evaluate_tokenizer', 'headline', 'load_for_eval', 'save_figures', 'main']
 
-# %% ../nbs/22_evaluate.ipynb #5b8054f5
+# %% ../nbs/22_evaluate.ipynb #6546938e
 @dataclass
 class EvalConfig:
     "What the evaluation measures, on how many images."
@@ -40,7 +41,7 @@ class EvalConfig:
     seed:int=0
     batch_size:int=250
 
-# %% ../nbs/22_evaluate.ipynb #c8f39de3
+# %% ../nbs/22_evaluate.ipynb #bb9331b7
 def _split(data, n): return data.images[:n or None], data.labels[:n or None]
 
 def colour_labels(data, n:int=0) -> torch.Tensor|None:
@@ -86,7 +87,7 @@ def floor_probes(vit_cfg, train, val, cfg:EvalConfig) -> list:
     res |= probe_results(tokenizer_features(rand, tr_x), tr_y, tokenizer_features(rand, va_x), va_y, prefix='random-init ')
     return list(res.values())
 
-# %% ../nbs/22_evaluate.ipynb #ccca2322
+# %% ../nbs/22_evaluate.ipynb #bfdeeabd
 def reconstruction(decoders:dict, # name -> tokenizer (e.g. {'stage1': tok, 'stage2': tok2})
                    val, cfg:EvalConfig, space:str) -> tuple[list, dict]:
     "PSNR, SSIM, [LPIPS], decoder-ceiling accuracy and rFID of every decoder on val; returns (results, recons by name)."
@@ -245,7 +246,8 @@ def _main(argv) -> dict:
     train, val = load_data_small('train', a.size), load_data_small('val', a.size)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     print(f'evaluating {a.ckpt}' + (f' with decoder {a.decoder}' if a.decoder else '') + (f' and DiT {a.dit}' if a.dit else ''))
-    report, figs = evaluate_tokenizer(tok, train, val, cfg, clip, decoders, dit, a.allow_other_tokenizer)
+    try: report, figs = evaluate_tokenizer(tok, train, val, cfg, clip, decoders, dit, a.allow_other_tokenizer)
+    except MissingVGGWeights: raise ConfigError(missing_vgg_message("--lpips random (labelled), or --lpips none")) from None
     report['meta'].update(ckpt=str(a.ckpt), decoder=a.decoder, dit=a.dit, data=f'data_small {a.size}px')
     report['meta']['figures'] = [p.name for p in save_figures(figs, out, train.classes)]
     atomic_write_text(json.dumps(report, indent=1), out/'report.json')

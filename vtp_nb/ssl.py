@@ -296,10 +296,26 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_logits:torch.Tensor # (B, K) teacher logits of this step
                      ):
         "c <- m c + (1 - m) mean_b t_b, the mean taken over all ranks."
+        self.accumulate_center(teacher_logits); self.apply_center()
+
+    @torch.no_grad()
+    def accumulate_center(self, teacher_logits:torch.Tensor # (b, K) teacher logits of one micro-batch
+                         ):
+        "Add a micro-batch's teacher logits to the step's pending centre update (`apply_center` applies it)."
         t = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])
-        s = all_reduce_(t.sum(0, keepdim=True))
-        n = all_reduce_(torch.tensor(float(t.shape[0]), device=t.device))
+        s, n = getattr(self, '_pending', None) or (0., 0)
+        self._pending = (s + t.sum(0, keepdim=True), n + t.shape[0])
+
+    @torch.no_grad()
+    def apply_center(self):
+        "The centre update of the whole step (every micro-batch, every rank) at once; nothing pending: no-op."
+        if not getattr(self, '_pending', None): return
+        s, n = self._pending
+        s = all_reduce_(s); n = all_reduce_(torch.tensor(float(n), device=s.device))
         self.center.mul_(self.center_momentum).add_(s / n, alpha=1 - self.center_momentum)
+        self._pending = None
+
+    def discard_center(self): self._pending = None
 
     def forward(self, student_logits:list, # list of (B, K) student logits, one per student crop view
                 teacher_probs:list # list of (B, K) teacher distributions, one per teacher view

@@ -131,8 +131,13 @@ class SSLBranch(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, trunk:nn.Module, momentum:float):
-        "EMA update of the teacher's trunk and heads from the student's (call after the optimiser step)."
+        "After the optimiser step: EMA update of the teacher's trunk and heads, and the step's centre update."
         self.teacher.update(self._student(trunk), momentum)
+        self.dino_loss.apply_center(); self.ibot_loss.apply_center()
+
+    def discard_centers(self):
+        "Forget a pending centre update (a step whose update was skipped)."
+        self.dino_loss.discard_center(); self.ibot_loss.discard_center()
 
     def make_inputs(self, images:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
                     patch_size:int, # the trunk's patch size (for the mask grid)
@@ -189,8 +194,8 @@ class SSLBranch(nn.Module):
         koleo = sum(self.koleo_loss(v) for v in s_g.chunk(n_g))
         c = self.cfg
         loss = c.dino_weight * (dino_global + dino_local) + c.ibot_weight * ibot + c.koleo_weight * koleo
-        if c.centering == 'centering':                                        # centres move after they were used
-            self.dino_loss.update_center(t_dino)
-            if masks.any(): self.ibot_loss.update_center(t_ibot)
+        if c.centering == 'centering':                                        # centres move after the step (`update_teacher`)
+            self.dino_loss.accumulate_center(t_dino)
+            if masks.any(): self.ibot_loss.accumulate_center(t_ibot)
         return dict(loss=loss, dino_global=dino_global.detach(), dino_local=dino_local.detach(),
                     ibot=ibot.detach(), koleo=koleo.detach(), teacher_probs=p_dino)

@@ -14,7 +14,7 @@ from .checkpoint import load_checkpoint
 from .data import SmallData
 from .loaders import StepSampler, StepBatches, StreamBatches, open_images
 from .vit import Block, load_tokenizer
-from .autoencoder import MissingVGGWeights
+from .autoencoder import MissingVGGWeights, missing_vgg_message
 from .clip import get_tokenizer
 from .ssl_branch import ssl_schedule
 from .vtp import VTP, VARIANTS, active_terms, build_vtp
@@ -25,7 +25,7 @@ from .scales import RunConfig, SCALES, make_config, run_config_from_dict, valida
 
 # %% auto #0
 __all__ = ['SECTIONS', 'param_groups', 'split_sections', 'join_sections', 'checkpoint_flat_state', 'init_overrides',
-           'init_weights', 'VTPTask', 'train', 'parse_args', 'resolve_config', 'main']
+           'init_weights', 'VTPTask', 'train', 'auto_accumulation', 'parse_args', 'resolve_config', 'main']
 
 # %% ../nbs/14_train.ipynb #53f19773
 def param_groups(model:VTP, layer_decay:float=1.0) -> list:
@@ -159,7 +159,7 @@ def init_weights(model:VTP, # freshly built, not yet wrapped (DDP/FSDP) or given
             + (f"; not used: {', '.join(unused)}" if unused else ''))
     return dict(kind=src['kind'], loaded=loaded, left=left, unused=unused, line=line)
 
-# %% ../nbs/14_train.ipynb #e6028d44
+# %% ../nbs/14_train.ipynb #94038ebb
 class VTPTask(Task):
     "The VTP tokenizer on the engine: batches, branch subsets, the joint loss, teacher and temperature after each step."
     kind, plot_keys, frozen = 'tokenizer', ('loss', 'rec', 'ssl', 'clip'), ('rec_loss.',)
@@ -188,13 +188,22 @@ class VTPTask(Task):
         self.branches = self.model.sampler(t.batch_size, t.seed, 0, world * t.grad_accum)   # one share per (micro-batch, rank)
         return src
 
+    def _tokens(self, batch):
+        if self.tokenize is None: return None
+        t = self.tokens[batch['index'].cpu()] if self.tokens is not None else self.tokenize(batch['caption'])
+        return t.to(batch['image'].device)
+
+    def begin_step(self, model, batches, step, sched):
+        "With micro-batches: discard a skipped step's centres, and cache every micro-batch's CLIP features (no gradients)."
+        if self.terms['ssl'] > 0: model.ssl.discard_centers()
+        self.cache = None
+        if self.terms['clip'] > 0 and len(batches) > 1:
+            feats = [model.clip_features(b['image'], self._tokens(b)) for b in batches]
+            self.cache = dict(image=[u for u, _ in feats], text=[v for _, v in feats])
+
     def loss(self, runner, batch, step, micro, sched):
-        x = batch['image']
-        tokens = None
-        if self.tokenize is not None:
-            tokens = (self.tokens[batch['index'].cpu()] if self.tokens is not None else self.tokenize(batch['caption'])).to(x.device)
-        b = self.model.make_batch(x, tokens, *self.branches(step, rank=micro * self.world + self.rank))
-        return runner(b, teacher_temp=sched['teacher_temp'])
+        b = self.model.make_batch(batch['image'], self._tokens(batch), *self.branches(step, rank=micro * self.world + self.rank))
+        return runner(b, teacher_temp=sched['teacher_temp'], clip_cache=None if self.cache is None else dict(self.cache, index=micro))
 
     def schedules(self, step):
         return dict(**lr_wd(self.cfg.optim, step, self.cfg.train.steps), **ssl_schedule(self.cfg.ssl, step, self.cfg.train.steps))
@@ -216,7 +225,21 @@ def train(cfg:RunConfig, # resolved run config (validated here)
          ) -> dict:
     "Train a VTP tokenizer with the engine; returns dict(step, out_dir, metrics (last row), rows, strategy, stopped)."
     _, world = init_dist()
+    if cfg.train.grad_accum == 0: auto_accumulation(cfg, world, log)
     return fit(VTPTask(validate(cfg, world)), resume, overwrite, log, callbacks)
+
+def auto_accumulation(cfg:RunConfig, world:int, log=print) -> RunConfig:
+    "train.grad_accum=0: on a GPU, the planner's accumulation (and checkpointing) for this GPU's memory; on a CPU, 1."
+    t = cfg.train
+    if not torch.cuda.is_available(): t.grad_accum = 1; return cfg
+    mem = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 1e9
+    cfg.plan.memory_gb = (mem,)
+    f = plan(cfg, gpus=world)['fits'][f'{mem:g}']
+    if not f['fits']: raise ConfigError(f"the step does not fit {mem:.0f} GB per GPU on {world} GPU(s) even accumulated and checkpointed; "
+                                        f"use at least {f['gpus_needed']} GPUs or a smaller train.batch_size")
+    t.grad_accum, t.activation_checkpointing = f['grad_accum'], t.activation_checkpointing or f['activation_checkpointing']
+    log(f"train.grad_accum=0: the planner chose {f['sets']} for {mem:.0f} GB per GPU (~{f['total_gb']} GB)")
+    return cfg
 
 # %% ../nbs/14_train.ipynb #99069d70
 def parse_args(argv=None):
@@ -257,9 +280,9 @@ def _main(argv):
               "(pass --allow-cpu with shrunken --set overrides to try it on CPUs):\n")
         print(format_plan(plan(cfg))); return 0
     try: res = train(cfg, resume=args.resume or False, overwrite=args.overwrite, log=partial(print, flush=True))
-    except MissingVGGWeights as e:
-        raise ConfigError(f"{e} From the command line: --set rec.perceptual=random (labelled random-backbone LPIPS) "
-                          f"or rec.perceptual=none (L1 only)") from None
+    except MissingVGGWeights:
+        raise ConfigError(missing_vgg_message("--set rec.perceptual=random (labelled 'lpips_randvgg' in every log), "
+                                              "or --set rec.perceptual=none for L1 only")) from None
     # Every rank waits here until all are done (rank 0 writes the checkpoint last): a rank that tore down its gloo
     # group and exited while a peer was still busy aborted in C++ about 1 run in 10 (measured, torch 2.14).
     if is_dist(): dist.barrier()

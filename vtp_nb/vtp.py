@@ -113,13 +113,22 @@ class VTP(nn.Module):
         "Housekeeping after an optimiser step (CLIP temperature clamp)."
         if self.terms['clip'] > 0: self.clip.clamp_logit_scale_()
 
+    @torch.no_grad()
+    def clip_features(self, images:torch.Tensor, # (b, 3, H, W) one micro-batch's images
+                      tokens:torch.Tensor # (b, L) its caption ids
+                     ) -> tuple:
+        "(image features (b, E), text features (b, E)) without gradients: the cache of gradient accumulation."
+        cls, patch = self.tokenizer.semantic_features(self.tokenizer.forward_features(images, branch='clip'))
+        return self.clip.encode_image(cls, patch), self.clip.encode_text(tokens)
+
     def forward(self, batch:dict, # from `make_batch`
-                teacher_temp:float=0.04 # current teacher temperature (scheduled by the loop)
+                teacher_temp:float=0.04, # current teacher temperature (scheduled by the loop)
+                clip_cache:dict|None=None # with micro-batches: dict(image=[...], text=[...], index=a) (`ClipBranch.forward`)
                ) -> dict:
         out, loss, tok = {}, 0., self.tokenizer
         if self.terms['clip'] > 0:
             cls, patch = tok.semantic_features(tok.forward_features(batch['image'], branch='clip'))  # (B, D), (B, N, D)
-            c = self.clip(cls, patch, batch['tokens'])                                   # loss over the global batch
+            c = self.clip(cls, patch, batch['tokens'], clip_cache)                       # loss over the global batch
             out.update(clip=c['loss'], logit_scale=c['logit_scale'])
             loss = loss + self.terms['clip'] * out['clip']
         if self.terms['rec'] > 0:
@@ -138,6 +147,8 @@ class VTP(nn.Module):
                        teacher_entropy=-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
             loss = loss + self.terms['ssl'] * out['ssl']
         out['loss'] = loss
+        if clip_cache:   # every micro-batch's pass computes the whole batch's CLIP loss and the trainer divides by A: undo it
+            out['backward'] = loss + self.terms['clip'] * out['clip'] * (len(clip_cache['image']) - 1)
         return out
 
 def build_vtp(cfg # a `RunConfig` (needs .model, .objective, .clip, .ssl, .rec)
