@@ -38,7 +38,7 @@ class TextConfig:
     mlp_ratio:float=4.0 # MLP hidden width / width
 
 TEXT_SIZES = {
-    'tiny': TextConfig(context_length=24, width=64, heads=2, layers=2, embed_dim=64),  # CPU small mode (DESIGN 10)
+    'tiny': TextConfig(context_length=24, width=64, heads=2, layers=2, embed_dim=64),  # CPU small mode
     'S':    TextConfig(context_length=77, width=512, heads=8, layers=12, embed_dim=512),  # OpenCLIP ViT-B/ViT-S text tower
     'L14':  TextConfig(context_length=77, width=768, heads=12, layers=12, embed_dim=768),  # OpenCLIP ViT-L/14 text tower
 }
