@@ -25,13 +25,15 @@ from .evaluate import EvalConfig, evaluate_tokenizer, floor_probes, headline, lo
 # %% auto #0
 __all__ = ['STUDY_PRESETS', 'MAIN_VARIANTS', 'SCALING_VARIANTS', 'VARIANT_NAMES', 'STEP_COST', 'HEADLINE_LABELS', 'StudyConfig',
            'study_jobs', 'tokenizer_config', 'job_dir', 'tokenizer_stages', 'run_job', 'run_floors', 'plot_scaling',
-           'plot_chain', 'plot_samples', 'collect', 'prepare_study_out', 'run_study', 'format_table', 'main']
+           'plot_chain', 'rank_correlation', 'plot_understanding_vs_generation', 'plot_samples', 'collect',
+           'prepare_study_out', 'run_study', 'format_table', 'main']
 
 # %% ../nbs/23_study.ipynb #7b04b1a8
 @dataclass
 class StudyConfig:
     "Everything that defines a study: the tokenizers' shared settings, the arms, stage 2, the DiT and the evaluation."
     preset:str='cpu'
+    variants:tuple=('ae', 'clip_ae', 'ssl_ae', 'vtp')   # compared at main_steps (the paper's four tokenizers)
     model:str='small_f8d32'        # `vtp_nb.vit.VIT_SIZES` key of every tokenizer's encoder and decoder
     batch_size:int=128             # global batch B (what CLIP sees); the same for every variant
     batch_ssl:int=32               # B_ssl
@@ -60,7 +62,11 @@ def _tiny() -> StudyConfig:
                        eval=EvalConfig(n_train=300, n_val=100, n_gen=40, sample_steps=4, cfg_scales=(1.0, 2.0), kid=False, floors=False),
                        workers=1)
 
-STUDY_PRESETS = {'tiny': _tiny, 'cpu': StudyConfig}   # tiny: tests and `make demo` (seconds); cpu: the default study
+def _quick() -> StudyConfig:
+    "The headline comparison alone: AE vs VTP at two budgets (the `cpu` preset's settings otherwise)."
+    return StudyConfig(preset='quick', variants=('ae', 'vtp'), budgets=(120, 400), extra=(), data_sizes=(), routing=())
+
+STUDY_PRESETS = {'tiny': _tiny, 'quick': _quick, 'cpu': StudyConfig}   # tiny: tests and `make demo`; quick: ~20 min; cpu: the default
 MAIN_VARIANTS = ('ae', 'clip_ae', 'ssl_ae', 'vtp')   # the paper's four tokenizers
 SCALING_VARIANTS = ('ae', 'vtp')                      # trained at every budget
 VARIANT_NAMES = {'ae': 'AE', 'clip_ae': 'CLIP+AE', 'ssl_ae': 'SSL+AE', 'vtp': 'VTP (CLIP+SSL+AE)'}
@@ -69,7 +75,7 @@ STEP_COST = {'ae': 0.13, 'clip_ae': 0.34, 'ssl_ae': 0.30, 'vtp': 0.53}  # measur
 def study_jobs(p:StudyConfig) -> list[dict]:
     "The tokenizers to train: the four variants at the main budget, AE and VTP at every budget and data size, longest first."
     jobs, ms = {}, p.main_steps
-    for v in MAIN_VARIANTS: jobs[f'{v}@{ms}'] = dict(variant=v, steps=ms)
+    for v in p.variants: jobs[f'{v}@{ms}'] = dict(variant=v, steps=ms)
     for v in SCALING_VARIANTS:
         for s in p.budgets: jobs[f'{v}@{s}'] = dict(variant=v, steps=s)
     for v, s, lr in p.extra: jobs[f'{v}@{s},lrec{lr:g}'] = dict(variant=v, steps=s, lambda_rec=lr)  # lambda_rec sweep points
@@ -235,6 +241,33 @@ def plot_chain(results:dict, path=None):
     if path: fig.savefig(path, dpi=80); plt.close(fig)
     return fig
 
+def rank_correlation(x:list, y:list) -> float:
+    "Spearman's rank correlation of two equally long lists (ties get their mean rank)."
+    import numpy as np
+    def ranks(v):
+        v = np.asarray(v, float); order = v.argsort(); r = np.empty(len(v)); r[order] = np.arange(len(v))
+        for u in np.unique(v): r[v == u] = r[v == u].mean()
+        return r
+    rx, ry = ranks(x), ranks(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+def plot_understanding_vs_generation(results:dict, path=None, understanding:str='probe latent-mean', generation:str='gFID cfg2'):
+    "The paper's summary figure in small: one point per tokenizer of the study, understanding against generation, with Spearman's rho."
+    import matplotlib.pyplot as plt
+    pts = [(n, h[understanding], h[generation]) for n, r in results['runs'].items() for h in [r['headline']]
+           if h.get(understanding) is not None and h.get(generation) is not None]
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    for n, u, g in pts:
+        v = n.split('@')[0]
+        ax.scatter(u, g, s=18, color={'ae': 'tab:blue', 'vtp': 'tab:red', 'clip_ae': 'tab:green', 'ssl_ae': 'tab:orange'}[v])
+        ax.annotate(n, (u, g), fontsize=5, xytext=(2, 2), textcoords='offset points')
+    rho = rank_correlation([u for _, u, _ in pts], [g for *_, g in pts]) if len(pts) > 2 else float('nan')
+    ax.set_xlabel(results['labels'].get(understanding, understanding), fontsize=6); ax.set_ylabel(results['labels'].get(generation, generation), fontsize=6)
+    ax.set_title(f"understanding vs generation, {len(pts)} tokenizers: Spearman rho {rho:.2f}", fontsize=7); ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=80); plt.close(fig)
+    return fig, rho
+
 def plot_samples(root, results:dict, path=None):
     "Stage-2-decoded DiT samples (CFG 2) of the four variants: one row per variant, one column per class."
     from safetensors.torch import load_file
@@ -262,7 +295,7 @@ def collect(p:StudyConfig, root, jobs:list, done:dict, floors:list, meta:dict) -
     "Assemble results.json: per-run details, the main table, the budget and data scaling series and the floors."
     H = {n: r['headline'] for n, r in done.items()}
     ms = p.main_steps
-    main = {f'{v}@{ms}': H.get(f'{v}@{ms}') for v in MAIN_VARIANTS}
+    main = {f'{v}@{ms}': H.get(f'{v}@{ms}') for v in p.variants}
     scaling = {v: {str(s): H[f'{v}@{s}'] for s in p.budgets if f'{v}@{s}' in H} for v in SCALING_VARIANTS}
     extra = {n: H[n] for n in H if ',lrec' in n}
     route = {n: H[n] for n in H if n.endswith(',route')}
@@ -320,7 +353,8 @@ def run_study(p:StudyConfig, # from `STUDY_PRESETS` (and `--set`)
     res = collect(p, root, jobs, done, floors, meta)
     res['meta']['figures'] = []
     figs = [('scaling.png', lambda pth: plot_scaling(res, pth)), ('chain.png', lambda pth: plot_chain(res, pth)),
-            ('samples.png', lambda pth: plot_samples(root, res, pth))]
+            ('samples.png', lambda pth: plot_samples(root, res, pth)),
+            ('understanding_vs_generation.png', lambda pth: plot_understanding_vs_generation(res, pth))]
     if res['data_scaling']: figs.append(('data_scaling.png', lambda pth: plot_scaling(res, pth, 'data_scaling')))
     if res['param_scaling']: figs.append(('param_scaling.png', lambda pth: plot_scaling(res, pth, 'param_scaling')))
     for name, fn in figs:
