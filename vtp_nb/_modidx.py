@@ -149,6 +149,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'vtp_nb.engine.RunState': ('engine.html#runstate', 'vtp_nb/engine.py'),
                                'vtp_nb.engine.RunState.__init__': ('engine.html#runstate.__init__', 'vtp_nb/engine.py'),
                                'vtp_nb.engine.RunState.stop': ('engine.html#runstate.stop', 'vtp_nb/engine.py'),
+                               'vtp_nb.engine.RunStopped': ('engine.html#runstopped', 'vtp_nb/engine.py'),
                                'vtp_nb.engine.StopSignal': ('engine.html#stopsignal', 'vtp_nb/engine.py'),
                                'vtp_nb.engine.StopSignal.__enter__': ('engine.html#stopsignal.__enter__', 'vtp_nb/engine.py'),
                                'vtp_nb.engine.StopSignal.__exit__': ('engine.html#stopsignal.__exit__', 'vtp_nb/engine.py'),

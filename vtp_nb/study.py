@@ -21,6 +21,7 @@ from .stage2 import Stage2RunConfig, train_stage2
 from .latents import extract_latents
 from .dit import DiTRunConfig, dit_config, train_dit, load_dit
 from .evaluate import EvalConfig, evaluate_tokenizer, floor_probes, headline, load_for_eval
+from .engine import RunStopped
 
 # %% auto #0
 __all__ = ['STUDY_PRESETS', 'MAIN_VARIANTS', 'SCALING_VARIANTS', 'VARIANT_NAMES', 'STEP_COST', 'HEADLINE_LABELS', 'StudyConfig',
@@ -116,7 +117,8 @@ def _done(folder:Path, steps:int) -> bool:
 def _stage(folder:Path, steps:int, fn, cfg, *args, **kw) -> float:
     "Run (or resume, or skip when finished) one engine stage; returns its seconds."
     t0 = time.time()
-    if not _done(folder, steps): fn(cfg, *args, resume=(folder/'ckpt.pt').exists(), **kw)
+    if not _done(folder, steps) and fn(cfg, *args, resume=(folder/'ckpt.pt').exists(), **kw)['stopped']:
+        raise RunStopped(f"stopped by a signal with a checkpoint in {folder}: continue with the same command and --resume")
     return time.time() - t0
 
 def tokenizer_stages(job:dict, p:StudyConfig, out:Path, log) -> dict:
