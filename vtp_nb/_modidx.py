@@ -64,6 +64,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'vtp_nb.core.init_dist': ('core.html#init_dist', 'vtp_nb/core.py'),
                              'vtp_nb.core.is_dist': ('core.html#is_dist', 'vtp_nb/core.py'),
                              'vtp_nb.core.repo_root': ('core.html#repo_root', 'vtp_nb/core.py'),
+                             'vtp_nb.core.run_slow': ('core.html#run_slow', 'vtp_nb/core.py'),
                              'vtp_nb.core.seed_everything': ('core.html#seed_everything', 'vtp_nb/core.py'),
                              'vtp_nb.core.seed_for': ('core.html#seed_for', 'vtp_nb/core.py'),
                              'vtp_nb.core.set_seed': ('core.html#set_seed', 'vtp_nb/core.py'),

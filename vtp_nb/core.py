@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'set_threads', 'seed_for', 'generator', 'seed_everything', 'from_uint8', 'to_uint8',
            'show_images', 'atomic_save', 'atomic_write_text', 'atomic_copy', 'repo_root', 'data_small_path',
-           'count_params', 'fmt_count', 'flop_counter', 'warmup_cosine', 'is_dist', 'dist_info', 'init_dist']
+           'count_params', 'fmt_count', 'flop_counter', 'warmup_cosine', 'run_slow', 'is_dist', 'dist_info',
+           'init_dist']
 
 # %% ../nbs/00_core.ipynb #66ad8cb9
 def set_seed(seed:int # seed for python, numpy and torch (all devices)
@@ -160,6 +161,11 @@ def warmup_cosine(step:int, # current step (0-based)
     span = max(1, total_steps - warmup_steps - 1)
     t = min(1.0, (step - warmup_steps) / span)
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
+
+# %% ../nbs/00_core.ipynb #b3640e87
+def run_slow() -> bool:
+    "True when the reader opted in to the slow cells (`VTP_SLOW=1`)."
+    return os.environ.get('VTP_SLOW', '') not in ('', '0')
 
 # %% ../nbs/00_core.ipynb #b60b6df1
 def is_dist() -> bool:
