@@ -59,7 +59,7 @@ def load_checkpoint(path, # a `ckpt.pt` or the run folder holding it
     "Read a checkpoint with `weights_only=True`; any problem is a `CheckpointError` naming the file."
     p = checkpoint_path(path)
     if not p.is_file():
-        raise CheckpointError(f"no checkpoint at {p}" + (' (the folder has no ckpt.pt yet)' if p.parent.is_dir() else ''))
+        raise CheckpointError(f"no checkpoint at {p}" + (' (the run folder has no ckpt.pt yet)' if Path(path).is_dir() else ''))
     try: ck = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if 'Weights only load failed' in str(e):

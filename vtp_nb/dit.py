@@ -23,7 +23,8 @@ from .engine import LoopConfig, OptimConfig, Task, fit, check_loop
 
 # %% auto #0
 __all__ = ['DIT_PRESETS', 'FlowConfig', 'SampleConfig', 'DiTRunConfig', 'dit_config', 'plan_batch', 'DiTWithEMA', 'DiTTask',
-           'validate_dit', 'train_dit', 'load_dit', 'check_tokenizer', 'sample_images', 'resolve_dit_config', 'main']
+           'validate_dit', 'train_dit', 'load_dit', 'check_tokenizer', 'sample_images', 'resolve_dit_config', 'main',
+           'cli']
 
 # %% ../nbs/19_dit.ipynb #f30cebd0
 @dataclass
@@ -342,5 +343,9 @@ def main(argv:list|None=None):
     return out['r'] if code == 0 and 'r' in out else code
 
 # %% ../nbs/19_dit.ipynb #28db02c7
-if __name__ == '__main__' and '__file__' in globals():   # not when a notebook kernel runs this cell
-    r = main(); sys.exit(r if isinstance(r, int) else 0)
+def cli() -> int:
+    "The `vtp-dit` console script: the exit status of `main`." 
+    r = main()
+    return r if isinstance(r, int) else 0
+
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(cli())   # not when a notebook kernel runs this cell

@@ -22,7 +22,7 @@ from .metrics import (MetricResult, fid_kid, resolve_fid_space, reconstruct, rec
 
 # %% auto #0
 __all__ = ['EvalConfig', 'colour_labels', 'zero_shot', 'understanding', 'floor_probes', 'reconstruction', 'generation',
-           'evaluate_tokenizer', 'headline', 'load_for_eval', 'save_figures', 'main']
+           'evaluate_tokenizer', 'headline', 'load_for_eval', 'save_figures', 'main', 'cli']
 
 # %% ../nbs/22_evaluate.ipynb #6546938e
 @dataclass
@@ -264,5 +264,9 @@ def main(argv:list|None=None):
     return out['r'] if code == 0 and 'r' in out else code
 
 # %% ../nbs/22_evaluate.ipynb #a241a290
-if __name__ == '__main__' and '__file__' in globals():   # not when a notebook kernel runs this cell
-    r = main(); sys.exit(r if isinstance(r, int) else 0)
+def cli() -> int:
+    "The `vtp-evaluate` console script: the exit status of `main`." 
+    r = main()
+    return r if isinstance(r, int) else 0
+
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(cli())   # not when a notebook kernel runs this cell
