@@ -38,6 +38,9 @@ class EvalConfig:
     n_gen:int=1000           # generated samples per guidance scale, class-balanced
     cfg_scales:tuple=(1.0,)  # guidance scales to sample at
     sample_steps:int=0       # ODE steps (0: the DiT run's default)
+    sample_method:str=''     # 'euler' or 'heun' ('': the DiT run's default)
+    sample_shift:float=0.    # timestep shift (0: the DiT run's default)
+    cfg_interval:tuple=()    # guide only for t in this interval (empty: the DiT run's default)
     seed:int=0
     batch_size:int=250
 
@@ -109,17 +112,22 @@ def generation(dit, # (LightningDiT, checkpoint dict) from `vtp_nb.dit.load_dit`
     model, ck = dit
     check_tokenizer(ck, decoder, 'the evaluated tokenizer', allow_other)
     tr_x, tr_y = _split(train, cfg.n_train)
-    steps = cfg.sample_steps or ck['run_config'].sample.steps
+    sc = ck['run_config'].sample
+    steps, method = cfg.sample_steps or sc.steps, cfg.sample_method or sc.method
+    shift, interval = cfg.sample_shift or sc.shift, tuple(cfg.cfg_interval or sc.cfg_interval)
     labels = class_balanced_labels(cfg.n_gen, len(train.classes))
     out, samples = [], {}
     for w in cfg.cfg_scales:
-        z, imgs = sample_images(model, ck['extra']['stats'], labels, decoder, steps=steps, cfg_scale=w, seed=cfg.seed)
+        z, imgs = sample_images(model, ck['extra']['stats'], labels, decoder, steps=steps, method=method, cfg_scale=w,
+                                cfg_interval=interval, shift=shift, seed=cfg.seed)
         ms = generation_metrics(imgs, labels, tr_x, space, 'train', kid=cfg.kid, inception_path=cfg.inception or None)
         if latent_feats is not None:
             gp = linear_probe(latent_feats, tr_y, z.mean((2, 3)), labels)       # fit on real latents, read on generated ones
             ms['gen latent probe'] = MetricResult('gen latent probe top-1', gp['top1'], 'conditioned labels', len(labels), space='latent-mean',
                                                   unit='%', note='linear probe fit on real train latents (mean over patches), applied to generated latents')
-        for m in ms.values(): m.note = f'CFG {w:g}, {steps} Euler steps' + (f'; {m.note}' if m.note else '')
+        how = f'CFG {w:g}' + (f' in t {interval[0]:g}-{interval[1]:g}' if tuple(interval) != (0., 1.) else '') \
+              + f', {steps} {method.capitalize()} steps' + (f', shift {shift:g}' if shift != 1 else '')
+        for m in ms.values(): m.note = how + (f'; {m.note}' if m.note else '')
         out += [dict(m.as_dict(), cfg_scale=w) for m in ms.values()]
         samples[w] = (imgs, labels)
     return out, samples
