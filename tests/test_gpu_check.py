@@ -6,12 +6,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ['setup', 'data', 'throughput', 'train', 'torchrun', 'dit', 'evaluate']
 # Library bugs the check finds today, as (stage, check): these checks may fail, every other one must pass. Once a bug is
 # fixed its check passes and this test fails until the entry is removed, so the check is then enforced.
-KNOWN = {('train', 'resume matches the uninterrupted run'):
-             "loaders.StepBatches creates its DataLoader iterator inside the engine's first step, after the step's seeding; "
-             "the iterator draws its base seed from the global torch RNG, so a resumed run's first step gets other crops and masks",
-         ('torchrun', 'SIGTERM stop was clean'):
-             "torchrun's agent signals each rank's process group: the DataLoader workers die of SIGTERM and the rank raises "
-             "instead of finishing the step and writing its checkpoint"}
+KNOWN = {}   # none left: the image-folder resume and the SIGTERM-with-workers bugs it found are fixed (vtp_nb.loaders)
 
 def test_gpu_check_smoke(tmp_path):
     out = tmp_path/'gpu_check.json'

@@ -169,6 +169,9 @@ def test_imagefolder_workers_give_the_same_batches(tmp_path):
     ds, _ = L.open_images('imagefolder', str(tmp_path/'imgs'), 32)
     def data(workers): return L.StepBatches(ds, L.StepSampler(len(ds), 4, seed=0), num_workers=workers)
     serial, par = data(0), data(2)
+    torch.manual_seed(0); ref = torch.rand(3)
+    torch.manual_seed(0); par.batch(0); after = torch.rand(3)
+    assert torch.equal(ref, after)           # starting the loader does not draw from the global RNG (a resume stays exact)
     for step in (0, 1, 2, 7, 8):
         a, b = serial.batch(step), par.batch(step)
         assert torch.equal(a['image'], b['image']) and a['caption'] == b['caption'] and a['image'].shape == (4, 3, 32, 32)

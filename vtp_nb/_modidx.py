@@ -351,6 +351,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'vtp_nb.loaders._Stream': ('loaders.html#_stream', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders._Stream._skip': ('loaders.html#_stream._skip', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders._collate': ('loaders.html#_collate', 'vtp_nb/loaders.py'),
+                                'vtp_nb.loaders._loader': ('loaders.html#_loader', 'vtp_nb/loaders.py'),
+                                'vtp_nb.loaders._quiet_worker': ('loaders.html#_quiet_worker', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders._worker_id': ('loaders.html#_worker_id', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders.encoder_transform': ('loaders.html#encoder_transform', 'vtp_nb/loaders.py'),
                                 'vtp_nb.loaders.load_image': ('loaders.html#load_image', 'vtp_nb/loaders.py'),

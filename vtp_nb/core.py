@@ -178,8 +178,9 @@ def dist_info() -> tuple[int, int]:
 
 def init_dist(cuda:bool|None=None # NCCL on the LOCAL_RANK GPU; None: when CUDA is available (else gloo)
              ) -> tuple[int, int]:
-    "Join the torchrun process group when WORLD_SIZE > 1 (once); returns (rank, world size)."
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not is_dist():
+    "Join the torchrun process group (once) when torchrun started this process, even with one rank; returns (rank, world size)."
+    under_torchrun = 'TORCHELASTIC_RUN_ID' in os.environ or int(os.environ.get('WORLD_SIZE', 1)) > 1
+    if under_torchrun and 'MASTER_ADDR' in os.environ and not is_dist():
         cuda = torch.cuda.is_available() if cuda is None else cuda
         if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
         torch.distributed.init_process_group('nccl' if cuda else 'gloo')

@@ -134,7 +134,7 @@ def wrap(model:nn.Module, task:Task, world:int, strategy:str='auto') -> tuple:
     "(module to call, strategy): DDP, FSDP2 (`fully_shard` on the task's units, then the root) or the plain model."
     if task.cfg.train.activation_checkpointing: checkpoint_units(model, task.shard_units(model))
     strategy = task.default_strategy(world) if strategy == 'auto' else strategy
-    if world == 1: strategy = 'none'
+    if world == 1 and not (strategy == 'fsdp' and is_dist()): strategy = 'none'    # FSDP2 on one rank: only when asked, under torchrun
     if strategy == 'ddp':
         from torch.nn.parallel import DistributedDataParallel as DDP
         dev = [torch.cuda.current_device()] if torch.cuda.is_available() else None
@@ -214,22 +214,22 @@ def _to(batch, dev):
 def _step(task:Task, model, runner, opt, data, step:int, sched:dict, dev, autocast, stop_requested) -> dict:
     "One optimiser step over `grad_accum` micro-batches; returns the logged values, `ok` and the all-ranks stop flag."
     t, A = task.cfg.train, task.cfg.train.grad_accum
-    logs, finite = {}, True
+    logs, finite = {}, torch.ones((), dtype=torch.bool, device=dev)
     batches = [_to(data.batch(step, micro), dev) for micro in range(A)]
-    task.begin_step(model, batches, step, sched)
+    with autocast(): task.begin_step(model, batches, step, sched)
     for micro, batch in enumerate(batches):
         sync = contextlib.nullcontext() if micro == A - 1 or not hasattr(runner, 'no_sync') else runner.no_sync()
         with sync:
             with autocast(): out = task.loss(runner, batch, step, micro, sched)
             (out.get('backward', out['loss']) / A).backward()                  # 'backward': a surrogate when it differs from the loss
-        finite = finite and bool(torch.isfinite(out['loss'].detach()))
+        finite = finite & torch.isfinite(out['loss'].detach())                  # a tensor: no host sync per micro-batch
         for k, v in out.items():
             if torch.is_tensor(v) and v.numel() == 1: logs[k] = logs.get(k, 0.) + v.detach().float().reshape(()) / A
     clip = task.cfg.optim.grad_clip
     gn = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip if clip > 0 else float('inf'))
     if hasattr(gn, 'full_tensor'): gn = gn.full_tensor()
     keys = sorted(logs)
-    v = torch.stack([logs[k] for k in keys] + [torch.tensor(float(finite and bool(torch.isfinite(gn))), device=logs['loss'].device),
+    v = torch.stack([logs[k] for k in keys] + [(finite & torch.isfinite(gn)).float(),
                                                torch.tensor(float(stop_requested()), device=logs['loss'].device)])
     world = dist.get_world_size() if is_dist() else 1
     if is_dist(): dist.all_reduce(v)                                      # sums: means for the logs, counts for the flags

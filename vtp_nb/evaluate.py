@@ -86,8 +86,9 @@ def floor_probes(vit_cfg, train, val, cfg:EvalConfig) -> list:
     (tr_x, tr_y), (va_x, va_y) = _split(train, cfg.n_train), _split(val, cfg.n_val)
     set_seed(cfg.seed)
     res = probe_results({'pixels': pixel_features(tr_x)}, tr_y, {'pixels': pixel_features(va_x)}, va_y)
-    set_seed(cfg.seed); rand = VisualTokenizer(vit_cfg).eval()
-    res |= probe_results(tokenizer_features(rand, tr_x), tr_y, tokenizer_features(rand, va_x), va_y, prefix='random-init ')
+    set_seed(cfg.seed); dev = get_device(); rand = VisualTokenizer(vit_cfg).to(dev).eval()
+    res |= probe_results(tokenizer_features(rand, tr_x, device=dev), tr_y, tokenizer_features(rand, va_x, device=dev), va_y,
+                         prefix='random-init ')
     return list(res.values())
 
 # %% ../nbs/22_evaluate.ipynb #bfdeeabd

@@ -280,6 +280,16 @@ def open_images(kind:str, # 'small' or 'imagefolder'
         desc += f', subset of {len(keep)} (data.max_images)'
     return ds, desc
 
+def _quiet_worker(_):
+    "DataLoader worker init: ignore SIGINT/SIGTERM, which the main process handles (a clean stop must not kill its readers)."
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+def _loader(ds, key:tuple, **kw):
+    "A DataLoader whose worker seeds come from `seed_for(*key)`, not from the global generator (so resume stays exact)."
+    return torch.utils.data.DataLoader(ds, generator=generator(*key), worker_init_fn=_quiet_worker if kw.get('num_workers') else None,
+                                       pin_memory=torch.cuda.is_available(), **kw)
+
 def _collate(items:list) -> dict:
     return dict(image=torch.stack([x['image'] for x in items]), caption=[x['caption'] for x in items],
                 label=torch.tensor([x['label'] for x in items]), index=None)
@@ -309,9 +319,9 @@ class StepBatches:
             return dict(image=self.ds.to_float(idx), caption=[self.ds.captions[i] for i in idx.tolist()],
                         label=self.ds.labels[idx], index=idx)
         if (step, micro) != self._next:                        # first call or a jump (resume): restart the workers there
-            self._it = iter(torch.utils.data.DataLoader(self.ds, batch_sampler=_IndexLists(self.sampler, self.rank, step, micro),
-                                                        num_workers=self.num_workers, collate_fn=_collate,
-                                                        pin_memory=torch.cuda.is_available()))
+            self._it = iter(_loader(self.ds, (self.sampler.seed, 'loader', self.rank, step, micro),
+                                    batch_sampler=_IndexLists(self.sampler, self.rank, step, micro), num_workers=self.num_workers,
+                                    collate_fn=_collate))
         self._next = (step, micro + 1) if micro + 1 < self.sampler.grad_accum else (step + 1, 0)
         return next(self._it)
 
@@ -369,8 +379,8 @@ class StreamBatches:
     def batch(self, step:int, micro:int=0) -> dict:
         "The next batch of this rank's stream (`step` only counts): dict(image, caption, label=None, index=None)."
         if self._it is None:
-            self._it = iter(torch.utils.data.DataLoader(_Chunks(self.src, self.b), batch_size=None, num_workers=self.num_workers,
-                                                        pin_memory=torch.cuda.is_available()))
+            self._it = iter(_loader(_Chunks(self.src, self.b), (self.src.seed, 'loader', self.rank), batch_size=None,
+                                    num_workers=self.num_workers))
         x, caps, skipped, w = next(self._it)
         self._skips[w] = skipped; self.samples += len(caps)   # each worker reports its own running count
         return dict(image=x, caption=list(caps), label=None, index=None)
