@@ -127,7 +127,7 @@ def load_reference_classifier(path=None, # default: the shipped `refcls_path()`
     path = Path(path or refcls_path())
     if not path.exists():
         raise FileNotFoundError(f'reference classifier weights not found at {path}: train them with the slow cell of '
-                                'nbs/09_reference_classifier.ipynb (a few CPU minutes)')
+                                'nbs/20_refcls.ipynb (VTP_SLOW=1; a few CPU minutes)')
     ck = torch.load(path, map_location='cpu', weights_only=True)
     meta, sd = ck['meta'], ck['state_dict']
     if weights_sha256(sd) != meta['sha256']:
