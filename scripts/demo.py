@@ -2,14 +2,15 @@
 
 Each stage is the command a user would type; the outputs land in runs/demo/ (override with VTP_DEMO_DIR).
   1. train a VTP tokenizer (CLIP + SSL + reconstruction) at the `small` scale
-  2. extract its latents (with flips) and their per-channel statistics
-  3. train a tiny LightningDiT on the normalised latents
-  4. sample class-conditionally
-  5. evaluate: understanding, reconstruction, generation, one labelled JSON report
-  6. the small-scale study's pipeline at its `tiny` preset (the full study: `python -m vtp_nb.study --preset cpu`)
+  2. stage 2: fine-tune its pixel decoder with the encoder frozen
+  3. extract its latents (with flips) and their per-channel statistics
+  4. train a tiny LightningDiT on the normalised latents (the `cpu` preset: the recipe chosen by `nbs/24_sweep.ipynb`)
+  5. sample class-conditionally, decoded by the stage-2 decoder
+  6. evaluate: understanding, reconstruction, generation, one labelled JSON report; the samples' class accuracy printed
+The small-scale study is a separate command: `python -m vtp_nb.study --preset quick` (or `cpu`).
 `make demo QUICK=1` shrinks every stage to a smoke test (about two minutes).
 """
-import os, subprocess, sys, time
+import json, os, subprocess, sys, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,20 +27,28 @@ def step(title, *args):
 
 
 def main():
+    t0 = time.time()
     RUN.mkdir(parents=True, exist_ok=True)
-    tok, lat, dit, smp, ev = (RUN/n for n in ('tokenizer', 'latents', 'dit', 'samples', 'eval'))
-    train_steps = ['--steps', '20'] if QUICK else []
-    dit_steps = '50' if QUICK else '600'
-    sub = ['--n-train', '1000', '--n-val', '200', '--n-gen', '100'] if QUICK else ['--n-gen', '500']
-    step('1/6 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, '--overwrite', *train_steps)
-    step('2/6 extract latents', '-m', 'vtp_nb.dit', 'extract', '--tokenizer', tok, '--data', 'data_small', '--out', lat)
-    step('3/6 train a tiny LightningDiT', '-m', 'vtp_nb.dit', 'train', '--latents', lat, '--size', 'tiny',
-         '--steps', dit_steps, '--lr', '5e-4', '--out', dit, '--overwrite')   # the study's DiT settings for short CPU runs
-    step('4/6 sample 8 images per class', '-m', 'vtp_nb.dit', 'sample', '--ckpt', dit, '--n-per-class', '8',
-         '--cfg', '2.0', '--steps', '50', '--out', smp)
-    step('5/6 evaluate tokenizer and DiT', '-m', 'vtp_nb.evaluate', '--ckpt', tok, '--dit', dit, '--out', ev, '--cfg-scales', '1', '2', *sub)
-    step('6/6 the study pipeline, tiny preset', '-m', 'vtp_nb.study', '--preset', 'tiny', '--out', RUN/'study_tiny', '--overwrite')
-    print(f'\nDemo finished{" (QUICK smoke test: numbers are meaningless)" if QUICK else ""}. Outputs in {RUN}:')
-    print(f'  {tok}/loss.png  {smp}/samples.png  {ev}/report.json  {ev}/recons.png  {RUN}/study_tiny/')
+    tok, s2, lat, dit, smp, ev = (RUN/n for n in ('tokenizer', 'stage2', 'latents', 'dit', 'samples', 'eval'))
+    short = dict(tok=['--steps', '20'], s2=['--steps', '20'], dit=['--steps', '50'],
+                 ev=['--n-train', '1000', '--n-val', '200', '--n-gen', '100']) if QUICK else dict(tok=[], s2=[], dit=[], ev=['--n-gen', '500'])
+    step('1/6 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, '--overwrite', *short['tok'])
+    step('2/6 stage 2: fine-tune the pixel decoder, encoder frozen', '-m', 'vtp_nb.stage2', '--tokenizer', tok, '--out', s2,
+         '--overwrite', *short['s2'])
+    step('3/6 extract latents', '-m', 'vtp_nb.dit', 'extract', '--tokenizer', tok, '--data', 'data_small', '--out', lat)
+    step('4/6 train a tiny LightningDiT (preset cpu)', '-m', 'vtp_nb.dit', 'train', '--latents', lat, '--out', dit, '--overwrite',
+         '--no-progress', *short['dit'])
+    step('5/6 sample 8 images per class', '-m', 'vtp_nb.dit', 'sample', '--ckpt', dit, '--tokenizer', s2, '--n-per-class', '8', '--out', smp)
+    step('6/6 evaluate tokenizer, stage-2 decoder and DiT', '-m', 'vtp_nb.evaluate', '--ckpt', tok, '--decoder', s2, '--dit', dit,
+         '--out', ev, *short['ev'])
+    rep = json.loads((ev/'report.json').read_text())
+    acc = {m['cfg_scale']: m for m in rep['generation'] if m['name'] == 'gen class acc'}
+    ceiling = next(m for m in rep['reconstruction'] if m['name'] == 'recon class acc' and m['note'].startswith('stage2'))
+    print(f'\nDemo finished in {time.time() - t0:.0f}s{" (QUICK smoke test: numbers are meaningless)" if QUICK else ""}. Outputs in {RUN}:')
+    for w, m in sorted(acc.items()):
+        print(f"  generated images recognised as their class: {m['value']:.1%} at CFG {w:g}  [{m['label']}]")
+    print(f"  decoder ceiling (the same classifier on stage-2 reconstructions of val): {ceiling['value']:.1%}  [{ceiling['label']}]")
+    print(f'  samples: {smp}/samples.png   reconstructions: {ev}/recons.png   report: {ev}/report.json   losses: {tok}/loss.png')
+
 
 if __name__ == '__main__': main()

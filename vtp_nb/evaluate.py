@@ -36,7 +36,7 @@ class EvalConfig:
     kid:bool=True            # KID next to FID
     floors:bool=True         # also probe raw pixels and a random-init tokenizer of the same config
     n_gen:int=1000           # generated samples per guidance scale, class-balanced
-    cfg_scales:tuple=(1.0,)  # guidance scales to sample at
+    cfg_scales:tuple=()      # guidance scales to sample at (empty: the DiT run's default)
     sample_steps:int=0       # ODE steps (0: the DiT run's default)
     sample_method:str=''     # 'euler' or 'heun' ('': the DiT run's default)
     sample_shift:float=0.    # timestep shift (0: the DiT run's default)
@@ -118,7 +118,7 @@ def generation(dit, # (LightningDiT, checkpoint dict) from `vtp_nb.dit.load_dit`
     shift, interval = cfg.sample_shift or sc.shift, tuple(cfg.cfg_interval or sc.cfg_interval)
     labels = class_balanced_labels(cfg.n_gen, len(train.classes))
     out, samples = [], {}
-    for w in cfg.cfg_scales:
+    for w in cfg.cfg_scales or (sc.cfg_scale,):
         z, imgs = sample_images(model, ck['extra']['stats'], labels, decoder, steps=steps, method=method, cfg_scale=w,
                                 cfg_interval=interval, shift=shift, seed=cfg.seed)
         ms = generation_metrics(imgs, labels, tr_x, space, 'train', kid=cfg.kid, inception_path=cfg.inception or None)
@@ -233,7 +233,7 @@ def _parser():
     p.add_argument('--out', required=True, help='output folder for report.json and figures')
     p.add_argument('--size', type=int, default=32, help='data_small image size')
     for k in _SHORT: p.add_argument(f"--{k.replace('_', '-')}", default=None, help=f'shortcut for {_SHORT[k]}')
-    p.add_argument('--cfg-scales', type=float, nargs='+', default=None, help='guidance scales (default 1)')
+    p.add_argument('--cfg-scales', type=float, nargs='+', default=None, help="guidance scales (default: the DiT run's)")
     p.add_argument('--no-floors', action='store_true', help='skip the raw-pixel and random-init probe floors')
     p.add_argument('--set', dest='sets', nargs='+', action='extend', default=[], metavar='FIELD=VALUE', help='override EvalConfig fields')
     p.add_argument('--allow-other-tokenizer', action='store_true', help='sample the DiT through a tokenizer whose encoder differs')
