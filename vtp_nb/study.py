@@ -153,7 +153,7 @@ def run_job(job:dict, # from `study_jobs`
         tok_s1, clip = load_for_eval(out/'tok', 'cpu')
         report, figs = evaluate_tokenizer(tok_s1, load_data_small('train'), load_data_small('val'), replace(p.eval, seed=p.seed), clip,
                                           {'stage2': load_tokenizer(out/'stage2')}, load_dit(out/'dit'), log=log)
-        imgs, labels = figs['samples'][max(p.eval.cfg_scales)]
+        imgs, labels = figs['samples'][max(figs['samples'])]
         save_file({'images': to_uint8(imgs[:40]).contiguous(), 'labels': labels[:40]}, str(out/'samples.safetensors'))
         T['eval'] = time.time() - t0
         dit_loss = json.loads((out/'dit'/'metrics.jsonl').read_text().splitlines()[-1])['loss']
