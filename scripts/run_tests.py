@@ -1,8 +1,10 @@
-"""The project's test command (`make test`): sync check, notebooks, pytest, one closing count.
+"""The project's test command (`make test`): sync check, notebooks (nbdev and a real kernel), pytest, one closing count.
 
 1. nbdev sync: `nbdev-clean` + `nbdev-export` must leave `nbs/` and `vtp_nb/` unchanged.
 2. Every notebook in `nbs/` runs under nbdev's `test_nb` (cells flagged `notest slow gpu` are skipped),
    two at a time with one thread each so they do not fight over two cores.
+2b. Every notebook runs top to bottom in a real Jupyter kernel (nbclient), as a reader's Run All does: flags mean
+   nothing there, so this catches a CLI cell that exits the kernel or a slow cell that is not opt-in (`VTP_SLOW` unset).
 3. `pytest tests/`, two worker processes (pytest-xdist) with one thread each.
 The last line is `N passed, N failed`, counting notebooks and pytest tests together.
 """
@@ -58,6 +60,31 @@ def run_notebooks(workers=2):
     return sum(results), len(results) - sum(results)
 
 
+def _one_kernel(fn):
+    import nbformat
+    from nbclient import NotebookClient
+    t0 = time.time()
+    nb = nbformat.read(fn, as_version=4)
+    try:
+        NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(fn.parent)}}).execute()
+        return fn, None, time.time() - t0
+    except Exception as e:
+        return fn, f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'[:300], time.time() - t0
+
+
+def run_kernels(workers=2):
+    from concurrent.futures import ProcessPoolExecutor
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'
+    os.environ.pop('VTP_SLOW', None)
+    files = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    ok = 0
+    with ProcessPoolExecutor(workers) as ex:
+        for fn, err, secs in ex.map(_one_kernel, files):
+            print(f"  {'ok  ' if err is None else 'FAIL'} {fn.name:32s} {secs:6.1f}s" + (f'  {err}' if err else ''), flush=True)
+            ok += err is None
+    return ok, len(files) - ok
+
+
 def run_pytest(workers=2):
     os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'   # pytest-xdist: 2 worker processes x 1 thread
     if not any((ROOT/'tests').glob('test_*.py')): return 0, 0
@@ -83,10 +110,13 @@ def main():
     print('== 2/3 notebooks (nbdev test_nb, 2 workers x 1 thread)', flush=True)
     nb_pass, nb_fail = run_notebooks()
     print(f'  notebooks: {nb_pass} passed, {nb_fail} failed ({time.time()-t0:.0f}s so far)', flush=True)
+    print('== 2b/3 notebooks in a real Jupyter kernel (Run All, slow cells off; 2 workers x 1 thread)', flush=True)
+    k_pass, k_fail = run_kernels()
+    print(f'  kernels: {k_pass} passed, {k_fail} failed ({time.time()-t0:.0f}s so far)', flush=True)
     print('== 3/3 pytest tests/', flush=True)
     py_pass, py_fail = run_pytest()
-    passed, failed = nb_pass + py_pass, nb_fail + py_fail + (1 if changed else 0)
-    print(f'total time {time.time()-t0:.0f}s; notebooks {nb_pass}+{nb_fail}, pytest {py_pass}+{py_fail}, '
+    passed, failed = nb_pass + k_pass + py_pass, nb_fail + k_fail + py_fail + (1 if changed else 0)
+    print(f'total time {time.time()-t0:.0f}s; notebooks {nb_pass}+{nb_fail}, kernels {k_pass}+{k_fail}, pytest {py_pass}+{py_fail}, '
           f'sync check {"failed" if changed else "ok"}')
     print(f'{passed} passed, {failed} failed')
     sys.exit(1 if failed else 0)
