@@ -84,7 +84,7 @@ BAD = [
     (E.main, ['--ckpt', '{r}/tok', '--dit', '{r}/tok', '--out', '{r}/e'], 'is a tokenizer checkpoint, but a dit checkpoint'),
     (E.main, ['--ckpt', '{r}/tok2', '--dit', '{r}/dit', '--out', '{r}/e', '--n-train', '64', '--n-val', '16', '--no-floors'], '--allow-other-tokenizer'),
     (E.main, ['--ckpt', '{r}/tok', '--out', '{r}/e', '--set', 'n_gen=abc'], "n_gen='abc': expected a int"),
-    (S.main, ['--preset', 'huge'], "--preset 'huge' is unknown: choose one of tiny, cpu"),
+    (S.main, ['--preset', 'huge'], "--preset 'huge' is unknown: choose one of tiny, quick, cpu"),
     (S.main, ['--preset', 'tiny', '--set', 'dit.train.stesp=3'], "did you mean 'dit.train.steps'?"),
     (S2.main, ['--tokenizer', '{r}/dit', '--out', '{r}/s2'], 'is a dit checkpoint, but a tokenizer or stage2 checkpoint'),
     (S2.main, ['--out', '{r}/s2'], 'tokenizer is empty: pass --tokenizer RUN'),

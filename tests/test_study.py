@@ -87,7 +87,7 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
 
 def test_cli_rejects_unknown_preset():
     r = subprocess.run([sys.executable, '-m', 'vtp_nb.study', '--preset', 'huge'], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "--preset 'huge' is unknown: choose one of tiny, cpu" in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 2 and "--preset 'huge' is unknown: choose one of tiny, quick, cpu" in r.stderr and 'Traceback' not in r.stderr
 
 
 def test_bench_smoke(tmp_path):
