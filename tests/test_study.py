@@ -23,7 +23,7 @@ def test_cpu_preset_is_a_matched_compute_study():
     for v in SCALING_VARIANTS:
         assert len(p.budgets) >= 3 and all(f'{v}@{s}' in jobs for s in p.budgets)
     assert p.main_steps in p.budgets and max(p.budgets) / min(p.budgets) >= 9
-    cfgs = [tokenizer_config(p, j['variant'], j['steps'], '/tmp/x', j.get('lambda_rec'), j.get('max_images', 0), j.get('bottleneck_ae_only', True))
+    cfgs = [tokenizer_config(p, j['variant'], j['steps'], 'runs/x', j.get('lambda_rec'), j.get('max_images', 0), j.get('bottleneck_ae_only', True))
             for j in jobs.values()]
     # same encoder, batch and subsets for every variant: only the loss terms (and the sweep's lambda_rec) differ;
     # the routing ablation changes only which features the CLIP/SSL heads read

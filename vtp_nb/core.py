@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #0887a065
 from __future__ import annotations
-import os, random, tempfile, math, hashlib, shutil
+import os, random, tempfile, math, hashlib, shutil, json, importlib.util
 from pathlib import Path
 import numpy as np
 import torch
@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 # %% auto #0
 __all__ = ['set_seed', 'get_device', 'set_threads', 'seed_for', 'generator', 'seed_everything', 'from_uint8', 'to_uint8',
            'show_images', 'atomic_save', 'atomic_write_text', 'atomic_copy', 'repo_root', 'data_small_path',
-           'count_params', 'fmt_count', 'flop_counter', 'warmup_cosine', 'run_slow', 'is_dist', 'dist_info',
-           'init_dist']
+           'count_params', 'fmt_count', 'flop_counter', 'warmup_cosine', 'run_slow', 'assets_dir', 'file_sha256',
+           'asset', 'is_dist', 'dist_info', 'init_dist']
 
 # %% ../nbs/00_core.ipynb #66ad8cb9
 def set_seed(seed:int # seed for python, numpy and torch (all devices)
@@ -166,6 +166,31 @@ def warmup_cosine(step:int, # current step (0-based)
 def run_slow() -> bool:
     "True when the reader opted in to the slow cells (`VTP_SLOW=1`)."
     return os.environ.get('VTP_SLOW', '') not in ('', '0')
+
+# %% ../nbs/00_core.ipynb #e6345c60
+def assets_dir() -> Path:
+    "The package's `assets/` folder (shipped weights and their manifest)."
+    return Path(importlib.util.find_spec('vtp_nb').origin).parent/'assets'
+
+def file_sha256(path) -> str:
+    "SHA-256 of a file's bytes."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()
+
+def asset(name:str # a file name listed in `assets/MANIFEST.json`
+         ) -> Path:
+    "Path of a shipped weights file, after checking its SHA-256 against the manifest."
+    d = assets_dir(); man = json.loads((d/'MANIFEST.json').read_text()) if (d/'MANIFEST.json').exists() else {}
+    if name not in man:
+        raise FileNotFoundError(f"no shipped asset {name!r} in {d/'MANIFEST.json'} (listed: {', '.join(sorted(man)) or 'none'})")
+    f, want = d/name, man[name]['sha256']
+    if not f.exists(): raise FileNotFoundError(f"{f} is missing; write it again with: {man[name].get('command', '?')}")
+    if (got := file_sha256(f)) != want:
+        raise RuntimeError(f"{f}: SHA-256 {got[:12]}... does not match the manifest's {want[:12]}... (a changed or corrupted file); "
+                           f"restore it from git or write it again with: {man[name].get('command', '?')}")
+    return f
 
 # %% ../nbs/00_core.ipynb #b60b6df1
 def is_dist() -> bool:

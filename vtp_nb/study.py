@@ -25,9 +25,9 @@ from .engine import RunStopped
 
 # %% auto #0
 __all__ = ['STUDY_PRESETS', 'MAIN_VARIANTS', 'SCALING_VARIANTS', 'VARIANT_NAMES', 'STEP_COST', 'HEADLINE_LABELS', 'StudyConfig',
-           'study_jobs', 'tokenizer_config', 'job_dir', 'tokenizer_stages', 'run_job', 'run_floors', 'plot_scaling',
-           'plot_chain', 'rank_correlation', 'plot_understanding_vs_generation', 'plot_samples', 'collect',
-           'prepare_study_out', 'run_study', 'format_table', 'main']
+           'study_jobs', 'tokenizer_config', 'job_dir', 'tokenizer_stages', 'run_job', 'run_floors', 'guidance_scale',
+           'plot_scaling', 'plot_chain', 'rank_correlation', 'plot_understanding_vs_generation', 'plot_samples',
+           'collect', 'prepare_study_out', 'run_study', 'format_table', 'main']
 
 # %% ../nbs/23_study.ipynb #7b04b1a8
 @dataclass
@@ -158,7 +158,9 @@ def run_job(job:dict, # from `study_jobs`
         T['eval'] = time.time() - t0
         dit_loss = json.loads((out/'dit'/'metrics.jsonl').read_text().splitlines()[-1])['loss']
         tr = load_checkpoint(out/'tok')['extra']['metrics']
-        res = dict(job, report=report, headline=dict(headline(report), **{'DiT flow loss': dit_loss, 'train s': round(T['tokenizer'], 1)}),
+        hl, w = headline(report), max(p.eval.cfg_scales)
+        hl.update({f'{k} guided': hl.get(f'{k} cfg{w:g}') for k in ('gFID', 'gen class acc', 'gen latent probe')})   # at the recipe's scale
+        res = dict(job, report=report, headline=dict(hl, **{'DiT flow loss': dit_loss, 'train s': round(T['tokenizer'], 1)}),
                    train=dict(steps=job['steps'], final={k: tr[k] for k in ('loss', 'rec', 'clip', 'ssl', 'teacher_entropy') if k in tr},
                               step_s=tr.get('step_s'), flops_per_step=tr.get('flops_per_step')),
                    seconds={k: round(v, 1) for k, v in T.items()})
@@ -192,16 +194,24 @@ HEADLINE_LABELS = {
     'gen class acc cfg2': 'ref-cls accuracy of generated images [conditioned class, CFG 2]',
     'gen latent probe cfg1': 'latent probe on generated latents [conditioned class, CFG 1]',
     'gen latent probe cfg2': 'latent probe on generated latents [conditioned class, CFG 2]',
+    'gFID guided': "gFID [ref-cls space, vs train, the DiT recipe's guidance scale]",
+    'gen class acc guided': "ref-cls accuracy of generated images [conditioned class, the recipe's guidance scale]",
+    'gen latent probe guided': "latent probe on generated latents [conditioned class, the recipe's guidance scale]",
     'DiT flow loss': 'DiT final flow-matching loss (train, last log window)', 'train s': 'tokenizer training wall seconds'}
 
 # %% ../nbs/23_study.ipynb #6924e903
+def guidance_scale(results:dict) -> float:
+    "The study's guided scale: the largest CFG scale it evaluated (the DiT recipe's own); 'guided' headline keys are measured at it."
+    return max(results['meta']['params']['eval']['cfg_scales'])
+
 def plot_scaling(results:dict, # the study's results.json dict
                  path=None,
                  section:str='scaling' # 'scaling' (x: tokenizer steps), 'data_scaling' (x: images) or 'param_scaling' (x: encoder width)
                 ):
     "Generation, understanding and reconstruction against the training budget or the data size, AE vs VTP."
     import matplotlib.pyplot as plt
-    panels = [('gFID cfg2', 'gFID [ref-cls], CFG 2 (lower is better)'), ('gen class acc cfg2', 'generated class acc, CFG 2'),
+    w = guidance_scale(results)
+    panels = [('gFID guided', f'gFID [ref-cls], CFG {w:g} (lower is better)'), ('gen class acc guided', f'generated class acc, CFG {w:g}'),
               ('probe latent-mean', 'linear probe, bottleneck latent'), ('PSNR stage2', 'PSNR dB, stage-2 decoder')]
     fig, axs = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.5))
     for ax, (k, title) in zip(axs, panels):
@@ -209,7 +219,7 @@ def plot_scaling(results:dict, # the study's results.json dict
             pts = sorted((s, h[k]) for s, h in results[section][v].items() if h.get(k) is not None for s in [int(s)])
             if pts: ax.plot(*zip(*pts), 'o-', color=c, label=VARIANT_NAMES[v].split(' ')[0])
         extra = {'probe latent-mean': [('vtp', 'zero-shot top-1', 'VTP zero-shot')],
-                 'gen class acc cfg2': [(v, 'gen latent probe cfg2', f'{v.upper()} probe on gen. latents') for v in ('ae', 'vtp')]}
+                 'gen class acc guided': [(v, 'gen latent probe guided', f'{v.upper()} probe on gen. latents') for v in ('ae', 'vtp')]}
         for v, k2, lab in extra.get(k, []):
             pts = sorted((int(s), h[k2]) for s, h in results[section][v].items() if h.get(k2) is not None)
             if pts: ax.plot(*zip(*pts), 's--', color='tab:blue' if v == 'ae' else 'tab:red', alpha=0.5, label=lab)
@@ -229,8 +239,8 @@ def plot_scaling(results:dict, # the study's results.json dict
 def plot_chain(results:dict, path=None):
     "The chain per variant: latent semantics -> generated-latent semantics -> decoder ceiling -> generated-image correctness."
     import matplotlib.pyplot as plt, numpy as np
-    keys = [('probe latent-mean', 'probe on real latents'), ('gen latent probe cfg2', 'probe on generated latents'),
-            ('recon class acc stage2', 'ref-cls acc, reconstructions'), ('gen class acc cfg2', 'ref-cls acc, generated images')]
+    keys = [('probe latent-mean', 'probe on real latents'), ('gen latent probe guided', 'probe on generated latents'),
+            ('recon class acc stage2', 'ref-cls acc, reconstructions'), ('gen class acc guided', 'ref-cls acc, generated images')]
     rows = results['main']
     fig, ax = plt.subplots(figsize=(6.5, 2.6))
     x = np.arange(len(rows))
@@ -238,7 +248,7 @@ def plot_chain(results:dict, path=None):
         ax.bar(x + (i - 1.5) * 0.2, [r[k] or 0 for r in rows.values()], 0.2, label=lab)
     ax.set_xticks(x, [VARIANT_NAMES[r.split('@')[0]] for r in rows], fontsize=7); ax.set_ylim(0, 1)
     ax.axhline(0.1, color='k', lw=0.5, ls=':'); ax.tick_params(labelsize=6)
-    ax.set_title('class information along the chain (CFG 2; chance 10%)', fontsize=8); ax.legend(fontsize=6, ncol=2)
+    ax.set_title(f'class information along the chain (CFG {guidance_scale(results):g}; chance 10%)', fontsize=8); ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     if path: fig.savefig(path, dpi=80); plt.close(fig)
     return fig
@@ -253,7 +263,7 @@ def rank_correlation(x:list, y:list) -> float:
     rx, ry = ranks(x), ranks(y)
     return float(np.corrcoef(rx, ry)[0, 1])
 
-def plot_understanding_vs_generation(results:dict, path=None, understanding:str='probe latent-mean', generation:str='gFID cfg2'):
+def plot_understanding_vs_generation(results:dict, path=None, understanding:str='probe latent-mean', generation:str='gFID guided'):
     "The paper's summary figure in small: one point per tokenizer of the study, understanding against generation, with Spearman's rho."
     import matplotlib.pyplot as plt
     pts = [(n, h[understanding], h[generation]) for n, r in results['runs'].items() for h in [r['headline']]
@@ -271,7 +281,7 @@ def plot_understanding_vs_generation(results:dict, path=None, understanding:str=
     return fig, rho
 
 def plot_samples(root, results:dict, path=None):
-    "Stage-2-decoded DiT samples (CFG 2) of the four variants: one row per variant, one column per class."
+    "Stage-2-decoded DiT samples (at the study's guidance scale) of the four variants: one row per variant, one column per class."
     from safetensors.torch import load_file
     imgs, titles = [], []
     for name in results['main']:
@@ -281,7 +291,7 @@ def plot_samples(root, results:dict, path=None):
         imgs += list(from_uint8(d['images'][:k])); titles += [VARIANT_NAMES[name.split('@')[0]].split(' ')[0]] + [''] * (k - 1)
     if not imgs: return None
     fig = show_images(torch.stack(imgs), titles=titles, ncols=10, figsize=(5.5, 0.6 * len(imgs) / 10 + 0.4),
-                      suptitle='DiT samples decoded by each stage-2 decoder (CFG 2; columns: circle, square, ..., bolt)')
+                      suptitle=f'DiT samples decoded by each stage-2 decoder (CFG {guidance_scale(results):g}; columns: circle, square, ..., bolt)')
     if path:
         import matplotlib.pyplot as plt
         fig.savefig(path, dpi=80); plt.close(fig)
@@ -368,7 +378,7 @@ def run_study(p:StudyConfig, # from `STUDY_PRESETS` (and `--set`)
 
 def format_table(results:dict, keys=('zero-shot top-1', 'probe latent-mean', 'probe pre-mean', 'colour probe latent-mean',
                                      'PSNR stage1', 'PSNR stage2', 'recon class acc stage2', 'rFID stage2', 'DiT flow loss',
-                                     'gen latent probe cfg2', 'gen class acc cfg1', 'gen class acc cfg2', 'gFID cfg1', 'gFID cfg2'),
+                                     'gen latent probe guided', 'gen class acc cfg1', 'gen class acc guided', 'gFID cfg1', 'gFID guided'),
                  section:str='main') -> str:
     "A plain-text table of the headline numbers (rows: metrics, columns: runs)."
     runs = ({f'{v}@{s}': h for v, d in results['scaling'].items() for s, h in d.items()} if section == 'scaling'

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 import torch
 from fastprogress.fastprogress import progress_bar
-from .core import atomic_write_text
+from .core import atomic_write_text, show_images
 from .config import apply_overrides, config_to_dict, pick, run_cli
 from .data import load_data_small
 from .vit import load_tokenizer
@@ -19,7 +19,9 @@ from .evaluate import EvalConfig, generation, headline
 from .study import StudyConfig, tokenizer_stages, job_dir, _stage, _machine
 
 # %% auto #0
-__all__ = ['SWEEP_PRESETS', 'SweepConfig', 'ceiling', 'evaluate_dit', 'prepare_tokenizer', 'run_arm', 'run_sweep', 'main']
+__all__ = ['SWEEP_PRESETS', 'SweepConfig', 'ceiling', 'evaluate_dit', 'prepare_tokenizer', 'run_arm', 'run_sweep', 'arm_summary',
+           'format_sweep', 'plot_sweep', 'convergence', 'plot_convergence', 'plot_recipe_samples', 'write_report',
+           'export_course_assets', 'main']
 
 # %% ../nbs/24_sweep.ipynb #bcc4f515
 @dataclass
@@ -30,8 +32,11 @@ class SweepConfig:
     tokenizers:tuple=(('ae', 400), ('vtp', 400))               # (variant, steps) of the fixed tokenizers
     base:tuple=('train.steps=2400', 'optim.lr=1e-3', 'train.batch_size=128')   # --set of the base recipe (on the study's DiT config)
     arms:tuple=(('base', ()),)                                  # (name, extra --set) trained on each tokenizer
-    keep_every:int=600                                          # checkpoints of the base arm evaluated along training
-    sampling:tuple=()                                           # (name, dict of sample settings) on the base arm's final checkpoint
+    keep_every:int=600                                          # checkpoints of the `detail` arms evaluated along training
+    sampling:tuple=()                                           # (name, dict of sample settings) on the `detail` arms' final checkpoints
+    detail:tuple=('base',)                                      # arms evaluated along training and with every sampling variant
+    recipe:str='base'                                           # the chosen arm: its samples are drawn in the report
+    recipe_cfg:float=2.0                                        # ... at this guidance scale
     eval:EvalConfig=field(default_factory=lambda: EvalConfig(n_gen=500, sample_steps=25, cfg_scales=(1.0, 2.0), kid=False, floors=False))
     workers:int=2
 
@@ -94,7 +99,7 @@ def run_arm(tok:tuple, arm:tuple, p:SweepConfig, root:str) -> list:
     with open(out/'log.txt', 'a') as logf:
         def log(s): logf.write(f'[{time.strftime("%H:%M:%S")}] {s}\n'); logf.flush()
         prepare_tokenizer(tok, p, str(root))
-        keep = p.keep_every if name == 'base' else 0
+        keep = p.keep_every if name in p.detail else 0
         dc = apply_overrides(replace(p.study.dit), [*p.base, *sets, f'latents={tdir/"latents"}', f'train.out_dir={out}',
                                                      f'train.keep_every={keep}', f'train.seed={p.study.seed}', 'train.threads=1'])
         secs = _stage(out, dc.train.steps, train_dit, dc, log=log)
@@ -106,9 +111,9 @@ def run_arm(tok:tuple, arm:tuple, p:SweepConfig, root:str) -> list:
             step = int(ck.stem.split('_')[1]) if ck.stem != 'ckpt' else dc.train.steps
             rows.append(dict(tokenizer=f'{variant}@{steps}', arm=name, step=step, train_s=round(secs * step / dc.train.steps, 1),
                              **evaluate_dit(ck, c, train, p.eval)))
-        if name == 'base':
+        if name in p.detail:
             for sname, s in p.sampling:
-                rows.append(dict(tokenizer=f'{variant}@{steps}', arm=f'base, {sname}', step=dc.train.steps, sampling=sname,
+                rows.append(dict(tokenizer=f'{variant}@{steps}', arm=f'{name}, {sname}', step=dc.train.steps, sampling=sname,
                                  **evaluate_dit(out/'ckpt.pt', c, train, replace(p.eval, **s))))
         atomic_write_text(json.dumps(rows, indent=1), out/'rows.json')
     return rows
@@ -133,17 +138,163 @@ def run_sweep(p:SweepConfig, out:str='runs/sweep', log=print) -> dict:
     atomic_write_text(json.dumps(res, indent=1), root/'sweep.json')
     return res
 
+# %% ../nbs/24_sweep.ipynb #c6d218d1
+def _best_cfg(r:dict) -> tuple:
+    "(scale, class acc, gFID) at the guidance scale with the best class accuracy in one result row."
+    accs = {float(k[len('gen class acc cfg'):]): v for k, v in r.items() if k.startswith('gen class acc cfg')}
+    w = max(accs, key=accs.get)
+    return w, accs[w], r.get(f'gFID cfg{w:g}')
+
+def arm_summary(res:dict # sweep.json
+               ) -> list[dict]:
+    "One dict per arm (in sweep order): per tokenizer the final checkpoint's best class accuracy, its CFG, share of the ceiling and gFID; and the mean share."
+    last = {}
+    for r in res['rows']:
+        k = (r['arm'], r['tokenizer'])
+        if k not in last or r['step'] >= last[k]['step']: last[k] = r
+    toks = list(dict.fromkeys(r['tokenizer'] for r in res['rows']))
+    out = []
+    for arm in dict.fromkeys(r['arm'] for r in res['rows']):
+        row = dict(arm=arm)
+        for t in toks:
+            if (r := last.get((arm, t))) is None: continue
+            w, acc, fid = _best_cfg(r)
+            row[t] = dict(cfg=w, acc=acc, share=acc / r['ceiling'], gfid=fid, acc_cfg1=r.get('gen class acc cfg1'), step=r['step'], train_s=r.get('train_s'))
+        shares = [row[t]['share'] for t in toks if t in row]
+        row['mean share'] = sum(shares) / len(shares) if len(shares) == len(toks) else None
+        out.append(row)
+    return out
+
+def format_sweep(summary:list) -> str:
+    "The arm summary as a plain-text table."
+    toks = [k for k in summary[0] if k not in ('arm', 'mean share')]
+    head = f"{'arm':32s}" + ''.join(f"| {t + ': acc CFG1, best (CFG), % ceiling, gFID':52s}" for t in toks) + '| mean % ceiling'
+    lines = [head, '-' * len(head)]
+    for r in summary:
+        cells = ''
+        for t in toks:
+            d = r.get(t)
+            cells += f"| {'':52s}" if d is None else \
+                f"| {(d['acc_cfg1'] or float('nan')) * 100:5.1f}  {d['acc'] * 100:5.1f} ({d['cfg']:g})  {d['share'] * 100:5.1f}%  {d['gfid'] or float('nan'):5.1f}{'':18s}"
+        ms = r['mean share']
+        lines.append(f"{r['arm'][:32]:32s}{cells}| {'' if ms is None else f'{ms * 100:.1f}%'}")
+    return '\n'.join(lines)
+
+# %% ../nbs/24_sweep.ipynb #01326b94
+def plot_sweep(summary:list, path=None, target:float=0.85, minimum:float=0.75):
+    "Each arm's share of the decoder ceiling per tokenizer (markers) and on average (bars), with the target lines."
+    import matplotlib.pyplot as plt
+    toks = [k for k in summary[0] if k not in ('arm', 'mean share')]
+    rows = [r for r in summary if r['mean share'] is not None]
+    fig, ax = plt.subplots(figsize=(6, 0.28 * len(rows) + 0.9))
+    y = range(len(rows))
+    ax.barh(list(y), [r['mean share'] * 100 for r in rows], color='0.85', label='mean of the two')
+    for t, m in zip(toks, 'os^v'):
+        ax.plot([r[t]['share'] * 100 for r in rows], list(y), m, ms=4, label=t)
+    for v, ls in ((target, '--'), (minimum, ':')): ax.axvline(v * 100, color='k', ls=ls, lw=0.8)
+    ax.set_yticks(list(y), [r['arm'] for r in rows], fontsize=6); ax.invert_yaxis()
+    ax.set_xlabel("generated-image class accuracy, % of the decoder's ceiling (best CFG)", fontsize=7)
+    ax.tick_params(labelsize=6); ax.legend(fontsize=6, loc='lower right'); fig.tight_layout()
+    if path: fig.savefig(path, dpi=90); plt.close(fig)
+    return fig
+
+def convergence(res:dict, arm:str='base') -> dict:
+    "{tokenizer: [(step, train seconds, class acc at each CFG, gFID at each CFG), ...]} of one `detail` arm."
+    out = {}
+    for r in sorted((r for r in res['rows'] if r['arm'] == arm), key=lambda r: r['step']):
+        out.setdefault(r['tokenizer'], []).append(r)
+    return out
+
+def plot_convergence(res:dict, arm:str='base', path=None):
+    "Class accuracy (as share of the ceiling) and gFID against DiT training steps, one line per tokenizer and guidance scale."
+    import matplotlib.pyplot as plt
+    fig, axs = plt.subplots(1, 2, figsize=(7, 2.6))
+    for (t, rs), c in zip(convergence(res, arm).items(), ('C0', 'C1', 'C2', 'C3')):
+        steps = [r['step'] for r in rs]
+        for w, ls in ((1, ':'), (2, '-')):
+            if f'gen class acc cfg{w}' not in rs[0]: continue
+            axs[0].plot(steps, [r[f'gen class acc cfg{w}'] / r['ceiling'] * 100 for r in rs], ls, color=c, marker='o', ms=3, label=f'{t} CFG {w}')
+            axs[1].plot(steps, [r[f'gFID cfg{w}'] for r in rs], ls, color=c, marker='o', ms=3, label=f'{t} CFG {w}')
+    axs[0].set_ylabel("class acc, % of ceiling", fontsize=7); axs[1].set_ylabel('gFID (reference-classifier space)', fontsize=7)
+    for ax in axs: ax.set_xlabel('DiT training step', fontsize=7); ax.tick_params(labelsize=6); ax.legend(fontsize=6)
+    fig.suptitle(f"DiT convergence on the two fixed tokenizers' latents ({arm})", fontsize=8); fig.tight_layout()
+    if path: fig.savefig(path, dpi=90); plt.close(fig)
+    return fig
+
+# %% ../nbs/24_sweep.ipynb #628abfca
+def plot_recipe_samples(p:SweepConfig, root, path=None, per_class:int=2):
+    "Per tokenizer: stage-2 reconstructions of val images (one per class) above the recipe arm's samples at `recipe_cfg`."
+    from .dit import sample_images
+    from .metrics import class_balanced_labels
+    val, imgs, titles = load_data_small('val'), [], []
+    idx = torch.stack([(val.labels == c).nonzero()[0, 0] for c in range(len(val.classes))])
+    for variant, steps in p.tokenizers:
+        tdir = _tokenizer_dir(Path(root), variant, steps)
+        tok2 = load_tokenizer(tdir/'stage2').eval()
+        model, ck = load_dit(tdir/'dit'/p.recipe.replace(' ', '_').replace(',', '')/'ckpt.pt')
+        rec = reconstruct(tok2, val.images[idx])
+        _, smp = sample_images(model, ck['extra']['stats'], class_balanced_labels(per_class * len(val.classes), len(val.classes)), tok2,
+                               steps=p.eval.sample_steps, cfg_scale=p.recipe_cfg, seed=p.eval.seed)
+        imgs += list(rec) + list(smp)
+        titles += [f'{variant} recon'] + [''] * (len(idx) - 1) + [f'{variant} samples'] + [''] * (len(smp) - 1)
+    fig = show_images(torch.stack(imgs), titles=titles, ncols=len(val.classes), figsize=(6, 0.62 * len(imgs) / len(val.classes) + 0.4),
+                      suptitle=f"stage-2 reconstructions (val) and DiT samples ({p.recipe}, CFG {p.recipe_cfg:g}); columns: the {len(val.classes)} classes")
+    if path:
+        import matplotlib.pyplot as plt
+        fig.savefig(path, dpi=90); plt.close(fig)
+    return fig
+
+def write_report(res:dict, p:SweepConfig, root) -> str:
+    "sweep.txt (the table), sweep.png, convergence.png (each `detail` arm) and samples.png in the run folder; returns the table."
+    root = Path(root); s = arm_summary(res); table = format_sweep(s)
+    atomic_write_text(table + '\n', root/'sweep.txt')
+    plot_sweep(s, root/'sweep.png')
+    for a in p.detail: plot_convergence(res, a, root/f"convergence_{a.replace(' ', '_').replace(',', '')}.png")
+    plot_recipe_samples(p, root, root/'samples.png')
+    return table
+
+# %% ../nbs/24_sweep.ipynb #4e1039c6
+def export_course_assets(p:SweepConfig, root, dest=None, variant:str='vtp') -> dict:
+    "Write the `variant` tokenizer's stage-2 weights and the recipe arm's DiT (EMA) in fp16 to `dest` (default the package's assets) and update its manifest."
+    from vtp_nb.core import assets_dir, file_sha256
+    from vtp_nb.checkpoint import save_checkpoint, load_checkpoint
+    from vtp_nb.vit import VisualTokenizer, encoder_hash
+    dest = Path(dest or assets_dir()); dest.mkdir(parents=True, exist_ok=True)
+    steps = dict(p.tokenizers)[variant]
+    tdir = _tokenizer_dir(Path(root), variant, steps)
+    half = lambda sd: {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    tok = load_tokenizer(tdir/'stage2')
+    shipped = VisualTokenizer.from_config_dict(tok.config_dict()); shipped.load_state_dict(half(tok.state_dict()))   # what a reader loads
+    note = f'sweep preset {p.preset}: {variant}@{steps} tokenizer with its stage-2 decoder, weights rounded to fp16'
+    save_checkpoint(dest/'vtp_small.pt', 'tokenizer', {'model': tok.config_dict(), 'shipped': note}, 0, model=half(tok.state_dict()))
+    ck = load_checkpoint(tdir/'dit'/p.recipe.replace(' ', '_').replace(',', ''), kind='dit')
+    links = dict(ck['links'], encoder=encoder_hash(shipped), encoder_fp32=ck['links'].get('encoder'))
+    save_checkpoint(dest/'dit_small.pt', 'dit', ck['config'], ck['step'], links, ema=half(ck['ema']), extra={'stats': ck['extra']['stats']})
+    man_f = dest/'MANIFEST.json'
+    man = json.loads(man_f.read_text()) if man_f.exists() else {}
+    cmd = f'python -m vtp_nb.sweep --preset {p.preset} --export-assets'
+    man['vtp_small.pt'] = dict(sha256=file_sha256(dest/'vtp_small.pt'), what=note + ' (no CLIP branch: zero-shot needs a training run)', command=cmd)
+    man['dit_small.pt'] = dict(sha256=file_sha256(dest/'dit_small.pt'), command=cmd,
+                               what=f"sweep arm '{p.recipe}' LightningDiT (EMA weights, fp16) on that tokenizer's latents, {ck['step']} steps")
+    atomic_write_text(json.dumps(man, indent=1) + '\n', man_f)
+    return {k: man[k] for k in ('vtp_small.pt', 'dit_small.pt')}
+
 # %% ../nbs/24_sweep.ipynb #245645f7
 def _main(argv):
     ap = argparse.ArgumentParser(prog='python -m vtp_nb.sweep', description='The DiT recipe sweep on two fixed tokenizers of the study.')
     ap.add_argument('--preset', default='cpu', help=f"one of {', '.join(SWEEP_PRESETS)}")
     ap.add_argument('--out', default=None, help='run folder (default runs/sweep_<preset>); finished jobs are skipped')
     ap.add_argument('--set', dest='sets', nargs='+', action='extend', default=[], metavar='FIELD=VALUE', help='override config fields')
+    ap.add_argument('--export-assets', action='store_true', help="also write the VTP tokenizer and the recipe's DiT to vtp_nb/assets/ (fp16)")
     ap.add_argument('--debug', action='store_true', help='show tracebacks instead of one error line')
     a = ap.parse_args(argv)
     p = apply_overrides(pick(SWEEP_PRESETS, a.preset), a.sets)
-    res = run_sweep(p, a.out or f'runs/sweep_{a.preset}')
-    for r in res['rows']: print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+    out = a.out or f'runs/sweep_{a.preset}'
+    res = run_sweep(p, out)
+    print(write_report(res, p, out))
+    print(f'table, figures and samples in {out}: sweep.txt, sweep.png, convergence_*.png, samples.png')
+    if a.export_assets:
+        for k, v in export_course_assets(p, out).items(): print(f"wrote vtp_nb/assets/{k}: {v['what']} (sha256 {v['sha256'][:12]})")
     return 0
 
 def main(argv=None) -> int:
