@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from vtp_nb.core import flop_counter   # FlopCounterMode that also counts attention on CPUs
+from vtp_nb.config import ConfigError, run_cli
+from vtp_nb.vtp import VARIANTS
 
 # dense (no sparsity) bf16 tensor-core peaks per GPU, from the vendors' data sheets (FLOP/s)
 BF16_PEAK = {'H200': 989e12, 'H100 SXM': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 989e12,
@@ -158,7 +160,20 @@ def plain_ae_step(dev, size:str='small_f4d16', batch:int=128, width:int|None=Non
     return step, sum(p.numel() for p in tok.parameters()), n_tok
 
 
-def main(argv=None):
+def check_args(a):
+    "Refuse bad arguments before anything is measured (`ConfigError`: one `error:` line, exit status 2)."
+    if a.device == 'cuda' and not torch.cuda.is_available(): raise ConfigError('--device cuda: no CUDA device here')
+    bad = [v for v in a.variants.split(',') if v not in VARIANTS]
+    if bad: raise ConfigError(f"--variants: {', '.join(map(repr, bad))} is unknown: choose from {', '.join(VARIANTS)}")
+    for name in ('batch', 'threads', 'width', 'iters'):
+        v = getattr(a, name)
+        if v is not None and v < 1: raise ConfigError(f'--{name} {v}: must be >= 1')
+    if a.warmup < 0: raise ConfigError(f'--warmup {a.warmup}: must be >= 0')
+    if a.json and not Path(a.json).resolve().parent.is_dir(): raise ConfigError(f'--json {a.json}: its folder does not exist')
+
+
+def measure(argv=None) -> dict:
+    "Parse the command line, measure, print the table; returns every number (what `--json` writes)."
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     ap.add_argument('--config', default='small', choices=['small', 'demo', 'full'])
@@ -171,7 +186,7 @@ def main(argv=None):
     ap.add_argument('--width', type=int, default=None, help='widen the tokenizer (encoder and decoder), e.g. 256 = the issue reference size')
     ap.add_argument('--profile', action='store_true', help='also break the VTP step down by op category (time share, FLOP/s)')
     a = ap.parse_args(argv)
-    if a.device == 'cuda' and not torch.cuda.is_available(): sys.exit('--device cuda: no CUDA device here')
+    check_args(a)
     dev = torch.device(a.device)
     if dev.type == 'cpu':
         n = a.threads or int(os.environ.get('OMP_NUM_THREADS', 0)) or os.cpu_count()
@@ -246,4 +261,10 @@ def main(argv=None):
     return res
 
 
-if __name__ == '__main__': main()
+def main(argv=None) -> int:
+    "Command line: `measure` through `vtp_nb.config.run_cli` (bad arguments give one `error:` line and exit status 2)."
+    def cli(args): measure(args); return 0
+    return run_cli(cli, argv)
+
+
+if __name__ == '__main__': sys.exit(main())

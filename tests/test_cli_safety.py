@@ -10,6 +10,9 @@ from vtp_nb.config import apply_overrides
 from vtp_nb.checkpoint import load_checkpoint, CKPT_FORMAT, CheckpointError
 from vtp_nb.latents import extract_latents
 from vtp_nb.data import write_data_small, load_data_small
+import importlib.util
+_spec = importlib.util.spec_from_file_location('throughput', Path(__file__).resolve().parent.parent/'bench'/'throughput.py')
+B = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(B)   # bench/throughput.py (not a package module)
 
 torch.set_num_threads(1)
 TINY = ['model.width=32', 'model.depth=1', 'model.heads=2', 'model.dec_width=32', 'model.dec_depth=1', 'model.dec_heads=2',
@@ -88,6 +91,9 @@ BAD = [
     (S.main, ['--preset', 'tiny', '--set', 'dit.train.stesp=3'], "did you mean 'dit.train.steps'?"),
     (S2.main, ['--tokenizer', '{r}/dit', '--out', '{r}/s2'], 'is a dit checkpoint, but a tokenizer or stage2 checkpoint'),
     (S2.main, ['--out', '{r}/s2'], 'tokenizer is empty: pass --tokenizer RUN'),
+    (B.main, ['--variants', 'ae,vtpp'], "--variants: 'vtpp' is unknown: choose from ae, clip_ae, ssl_ae, vtp"),
+    (B.main, ['--batch', '0'], '--batch 0: must be >= 1'),
+    (B.main, ['--iters', 'x'], "argument --iters: invalid int value: 'x'"),
 ]
 
 @pytest.mark.parametrize('main,argv,msg', BAD, ids=[f'{m.__module__.split(".")[-1]}-{i}' for i, (m, a, _) in enumerate(BAD)])

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import lpips
+from fastcore.basics import patch
 from .core import set_seed, show_images, from_uint8, count_params, fmt_count
 
 # %% auto #0
@@ -312,51 +313,8 @@ class Stage2Trainer:
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_d, betas=cfg.betas)
         self.step_count = 0
 
-    def generator_loss(self, x:torch.Tensor # (B, 3, H, W) real images in [-1, 1]
-                      ) -> dict:
-        "The decoder's loss L_rec (+ w_d * lambda * L_GAN once the GAN is on), with its graph; also keeps x, x_hat for D."
-        cfg = self.cfg
-        self.model.eval(); self.decoder.train()  # re-assert: the encoder never leaves eval mode
-        with torch.no_grad(): z = self.model.encode(x)                              # (B, d, h, w), no graph
-        x_hat = self.model.decode(z)                                                # (B, 3, H, W)
-        terms = self.recon_loss(x_hat, x)
-        out = dict(loss=terms['loss'], rec=terms['loss'].detach(), **{k: v.detach() for k, v in terms.items() if k != 'loss'})
-        self._pair = (x, x_hat.detach())
-        if self.gan_on:
-            self.disc.requires_grad_(False)  # the decoder step must not accumulate grads in D
-            g_loss = hinge_g_loss(self.disc(x_hat))
-            lam = adaptive_gan_weight(terms['loss'], g_loss, self.last_layer, cfg.adaptive_eps, cfg.adaptive_max)
-            out.update(loss=terms['loss'] + cfg.disc_weight*lam*g_loss, g_loss=g_loss.detach(), gan_weight=(cfg.disc_weight*lam).detach())
-        return out
-
     @property
     def gan_on(self) -> bool: return self.step_count >= self.cfg.disc_start
-
-    def discriminator_step(self) -> dict:
-        "One step of D on the last (x, x_hat detached) pair, once the GAN is on; returns floats to log."
-        if not self.gan_on: return {}
-        x, x_hat = self._pair
-        self.disc.requires_grad_(True)
-        real, fake = self.disc(x), self.disc(x_hat)
-        d_loss = hinge_d_loss(real, fake)
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_d.step()
-        return dict(d_loss=d_loss.item(), logit_real=real.mean().item(), logit_fake=fake.mean().item(),
-                    d_acc=0.5*((real > 0).float().mean() + (fake < 0).float().mean()).item())
-
-    def step(self, x:torch.Tensor # (B, 3, H, W) real images in [-1, 1]
-            ) -> dict:
-        "One decoder step and (once the GAN is on) one discriminator step; returns floats to log."
-        gan_on, out = self.gan_on, self.generator_loss(x)
-        self.opt_g.zero_grad(set_to_none=True)
-        out['loss'].backward()
-        if self.cfg.grad_clip: nn.utils.clip_grad_norm_(self.decoder.parameters(), self.cfg.grad_clip)
-        self.opt_g.step()
-        log = {k: v.item() for k, v in out.items() if k not in ('loss', 'rec')} | dict(loss=out['rec'].item())
-        log.update(loss_g=out['loss'].item(), gan_active=float(gan_on), **self.discriminator_step())
-        self.step_count += 1
-        return log
 
     def state_dict(self) -> dict:
         "Decoder, discriminator, both optimisers and the step counter."
@@ -367,6 +325,54 @@ class Stage2Trainer:
         "Resume from `state_dict()`."
         self.decoder.load_state_dict(sd['decoder']); self.disc.load_state_dict(sd['disc'])
         self.opt_g.load_state_dict(sd['opt_g']); self.opt_d.load_state_dict(sd['opt_d']); self.step_count = sd['step']
+
+# %% ../nbs/06_autoencoder.ipynb #6250efff
+@patch
+def generator_loss(self:Stage2Trainer, x:torch.Tensor # (B, 3, H, W) real images in [-1, 1]
+                  ) -> dict:
+    "The decoder's loss L_rec (+ w_d * lambda * L_GAN once the GAN is on), with its graph; also keeps x, x_hat for D."
+    cfg = self.cfg
+    self.model.eval(); self.decoder.train()  # re-assert: the encoder never leaves eval mode
+    with torch.no_grad(): z = self.model.encode(x)                              # (B, d, h, w), no graph
+    x_hat = self.model.decode(z)                                                # (B, 3, H, W)
+    terms = self.recon_loss(x_hat, x)
+    out = dict(loss=terms['loss'], rec=terms['loss'].detach(), **{k: v.detach() for k, v in terms.items() if k != 'loss'})
+    self._pair = (x, x_hat.detach())
+    if self.gan_on:
+        self.disc.requires_grad_(False)  # the decoder step must not accumulate grads in D
+        g_loss = hinge_g_loss(self.disc(x_hat))
+        lam = adaptive_gan_weight(terms['loss'], g_loss, self.last_layer, cfg.adaptive_eps, cfg.adaptive_max)
+        out.update(loss=terms['loss'] + cfg.disc_weight*lam*g_loss, g_loss=g_loss.detach(), gan_weight=(cfg.disc_weight*lam).detach())
+    return out
+
+# %% ../nbs/06_autoencoder.ipynb #86d4d697
+@patch
+def discriminator_step(self:Stage2Trainer) -> dict:
+    "One step of D on the last (x, x_hat detached) pair, once the GAN is on; returns floats to log."
+    if not self.gan_on: return {}
+    x, x_hat = self._pair
+    self.disc.requires_grad_(True)
+    real, fake = self.disc(x), self.disc(x_hat)
+    d_loss = hinge_d_loss(real, fake)
+    self.opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    self.opt_d.step()
+    return dict(d_loss=d_loss.item(), logit_real=real.mean().item(), logit_fake=fake.mean().item(),
+                d_acc=0.5*((real > 0).float().mean() + (fake < 0).float().mean()).item())
+
+@patch
+def step(self:Stage2Trainer, x:torch.Tensor # (B, 3, H, W) real images in [-1, 1]
+        ) -> dict:
+    "One decoder step and (once the GAN is on) one discriminator step; returns floats to log."
+    gan_on, out = self.gan_on, self.generator_loss(x)
+    self.opt_g.zero_grad(set_to_none=True)
+    out['loss'].backward()
+    if self.cfg.grad_clip: nn.utils.clip_grad_norm_(self.decoder.parameters(), self.cfg.grad_clip)
+    self.opt_g.step()
+    log = {k: v.item() for k, v in out.items() if k not in ('loss', 'rec')} | dict(loss=out['rec'].item())
+    log.update(loss_g=out['loss'].item(), gan_active=float(gan_on), **self.discriminator_step())
+    self.step_count += 1
+    return log
 
 # %% ../nbs/06_autoencoder.ipynb #3e4f7c2f
 def train_autoencoder(model:nn.Module, # anything mapping images -> reconstructions (e.g. a `VisualTokenizer`)

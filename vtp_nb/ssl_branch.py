@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from .core import warmup_cosine
 from .ssl import (MultiCropConfig, multicrop, ibot_masks, DINOHead, DINOLoss, iBOTPatchLoss, KoLeoLoss,
                         collapse_stats)
@@ -121,81 +122,92 @@ class SSLBranch(nn.Module):
         heads = dict(dino_head=self.dino_head, **({'ibot_head': self.ibot_head} if self.cfg.ibot_separate_head else {}))
         return nn.ModuleDict(dict(tokenizer=unwrap(trunk), **heads))
 
-    def teacher_temp(self, step:int, total_steps:int) -> float:
-        "Teacher temperature: linear warm-up, then constant."
-        return ssl_schedule(self.cfg, step, total_steps)['teacher_temp']
+# %% ../nbs/09_ssl_branch.ipynb #15866eab
+@patch
+def teacher_temp(self:SSLBranch, step:int, total_steps:int) -> float:
+    "Teacher temperature: linear warm-up, then constant."
+    return ssl_schedule(self.cfg, step, total_steps)['teacher_temp']
 
-    def teacher_momentum(self, step:int, total_steps:int) -> float:
-        "EMA momentum: cosine from `momentum_teacher` to `final_momentum_teacher`."
-        return ssl_schedule(self.cfg, step, total_steps)['momentum']
+@patch
+def teacher_momentum(self:SSLBranch, step:int, total_steps:int) -> float:
+    "EMA momentum: cosine from `momentum_teacher` to `final_momentum_teacher`."
+    return ssl_schedule(self.cfg, step, total_steps)['momentum']
 
-    @torch.no_grad()
-    def update_teacher(self, trunk:nn.Module, momentum:float):
-        "After the optimiser step: EMA update of the teacher's trunk and heads, and the step's centre update."
-        self.teacher.update(self._student(trunk), momentum)
-        self.dino_loss.apply_center(); self.ibot_loss.apply_center()
+@patch
+@torch.no_grad()
+def update_teacher(self:SSLBranch, trunk:nn.Module, momentum:float):
+    "After the optimiser step: EMA update of the teacher's trunk and heads, and the step's centre update."
+    self.teacher.update(self._student(trunk), momentum)
+    self.dino_loss.apply_center(); self.ibot_loss.apply_center()
 
-    def discard_centers(self):
-        "Forget a pending centre update (a step whose update was skipped)."
-        self.dino_loss.discard_center(); self.ibot_loss.discard_center()
+@patch
+def discard_centers(self:SSLBranch):
+    "Forget a pending centre update (a step whose update was skipped)."
+    self.dino_loss.discard_center(); self.ibot_loss.discard_center()
 
-    def make_inputs(self, images:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
-                    patch_size:int, # the trunk's patch size (for the mask grid)
-                    generator:torch.Generator|None=None, rng:random.Random|None=None) -> dict:
-        "Multi-crop + iBOT masks: `dict(global_crops, local_crops, masks, weights)`."
-        crops = multicrop(images, self.cfg.crops, generator)
-        g = self.cfg.crops.global_size // patch_size
-        m = ibot_masks(crops['global_crops'].shape[0], (g, g), self.cfg.mask_ratio, self.cfg.mask_sample_p, rng)
-        return dict(crops, masks=m['masks'].to(images.device), weights=m['weights'].to(images.device))
+# %% ../nbs/09_ssl_branch.ipynb #9f94307b
+@patch
+def make_inputs(self:SSLBranch, images:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
+                patch_size:int, # the trunk's patch size (for the mask grid)
+                generator:torch.Generator|None=None, rng:random.Random|None=None) -> dict:
+    "Multi-crop + iBOT masks: `dict(global_crops, local_crops, masks, weights)`."
+    crops = multicrop(images, self.cfg.crops, generator)
+    g = self.cfg.crops.global_size // patch_size
+    m = ibot_masks(crops['global_crops'].shape[0], (g, g), self.cfg.mask_ratio, self.cfg.mask_sample_p, rng)
+    return dict(crops, masks=m['masks'].to(images.device), weights=m['weights'].to(images.device))
 
-    def _pool(self, cls, patch): return cls if self.cfg.pool == 'cls' else patch.mean(1)
+# %% ../nbs/09_ssl_branch.ipynb #94769be7
+@patch
+def _pool(self:SSLBranch, cls, patch): return cls if self.cfg.pool == 'cls' else patch.mean(1)
 
-    def _targets(self, loss, logits, temp, n_samples=None):
-        if self.cfg.centering == 'sinkhorn': return loss.sinkhorn_knopp_teacher(logits, temp)
-        return loss.softmax_center_teacher(logits, temp)
+@patch
+def _targets(self:SSLBranch, loss, logits, temp, n_samples=None):
+    if self.cfg.centering == 'sinkhorn': return loss.sinkhorn_knopp_teacher(logits, temp)
+    return loss.softmax_center_teacher(logits, temp)
 
-    def forward(self, trunk:nn.Module, # the student encoder (unwrapped; call the branch inside your DDP module)
-                global_crops:torch.Tensor, # (2B, 3, g, g): [view 1 of every image, view 2 of every image]
-                local_crops:torch.Tensor|None, # (n*B, 3, l, l) grouped by view, or None / empty
-                masks:torch.Tensor, # (2B, N) bool iBOT masks of the global crops
-                teacher_temp:float, # current teacher temperature
-                weights:torch.Tensor|None=None # (M,) iBOT per-patch weights (default 1/num_masked per image)
-               ) -> dict:
-        "L_ssl and its parts: `dict(loss, dino_global, dino_local, ibot, koleo, teacher_probs)`."
-        n_g = 2
-        B = global_crops.shape[0] // n_g
-        n_l = 0 if local_crops is None else local_crops.shape[0] // B
-        t = self.teacher.module
-        # ---- teacher: whole global crops, no grad
-        with torch.no_grad():
-            tf = t['tokenizer'].forward_features(global_crops)                # dict of (2B, ...) tensors
-            t_cls, t_patch = t['tokenizer'].semantic_features(tf)             # (2B, D), (2B, N, D)
-            t_cls = self._pool(t_cls, t_patch)
-            t_cls = torch.cat(t_cls.chunk(n_g)[::-1])                         # swap views: (2B, D)
-            t_dino = t['dino_head'](t_cls)                                    # (2B, K)
-            t_ibot = t['ibot_head' if 'ibot_head' in t else 'dino_head'](t_patch[masks])   # (M, K)
-            p_dino = self._targets(self.dino_loss, t_dino, teacher_temp)      # (2B, K)
-            p_ibot = self._targets(self.ibot_loss, t_ibot, teacher_temp)      # (M, K)
-        # ---- student: masked global crops and local crops
-        sf = trunk.forward_features(global_crops, masks=masks, branch='ssl')
-        s_cls, s_patch = trunk.semantic_features(sf)                          # (2B, D), (2B, N, D)
-        s_g = self._pool(s_cls, s_patch)                                      # (2B, D)
-        s_dino_g = self.dino_head(s_g)                                        # (2B, K)
-        s_ibot = self.ibot_head(s_patch[masks])                               # (M, K)
-        n_pairs = n_g * (n_g - 1) + n_g * n_l
-        dino_global = self.dino_loss([s_dino_g], [p_dino]) * n_g / n_pairs     # 2 pairs, mean over 2B rows
-        dino_local = s_g.new_zeros(())
-        if n_l > 0:
-            lf = trunk.forward_features(local_crops, branch='ssl')
-            l_cls, l_patch = trunk.semantic_features(lf)
-            s_dino_l = self.dino_head(self._pool(l_cls, l_patch))              # (nB, K)
-            dino_local = self.dino_loss(list(s_dino_l.chunk(n_l)), list(p_dino.chunk(n_g))) / n_pairs
-        ibot = self.ibot_loss(s_ibot, p_ibot, masks, weights) if masks.any() else s_g.new_zeros(())
-        koleo = sum(self.koleo_loss(v) for v in s_g.chunk(n_g))
-        c = self.cfg
-        loss = c.dino_weight * (dino_global + dino_local) + c.ibot_weight * ibot + c.koleo_weight * koleo
-        if c.centering == 'centering':                                        # centres move after the step (`update_teacher`)
-            self.dino_loss.accumulate_center(t_dino)
-            if masks.any(): self.ibot_loss.accumulate_center(t_ibot)
-        return dict(loss=loss, dino_global=dino_global.detach(), dino_local=dino_local.detach(),
-                    ibot=ibot.detach(), koleo=koleo.detach(), teacher_probs=p_dino)
+@patch
+def forward(self:SSLBranch, trunk:nn.Module, # the student encoder (unwrapped; call the branch inside your DDP module)
+            global_crops:torch.Tensor, # (2B, 3, g, g): [view 1 of every image, view 2 of every image]
+            local_crops:torch.Tensor|None, # (n*B, 3, l, l) grouped by view, or None / empty
+            masks:torch.Tensor, # (2B, N) bool iBOT masks of the global crops
+            teacher_temp:float, # current teacher temperature
+            weights:torch.Tensor|None=None # (M,) iBOT per-patch weights (default 1/num_masked per image)
+           ) -> dict:
+    "L_ssl and its parts: `dict(loss, dino_global, dino_local, ibot, koleo, teacher_probs)`."
+    n_g = 2
+    B = global_crops.shape[0] // n_g
+    n_l = 0 if local_crops is None else local_crops.shape[0] // B
+    t = self.teacher.module
+    # ---- teacher: whole global crops, no grad
+    with torch.no_grad():
+        tf = t['tokenizer'].forward_features(global_crops)                # dict of (2B, ...) tensors
+        t_cls, t_patch = t['tokenizer'].semantic_features(tf)             # (2B, D), (2B, N, D)
+        t_cls = self._pool(t_cls, t_patch)
+        t_cls = torch.cat(t_cls.chunk(n_g)[::-1])                         # swap views: (2B, D)
+        t_dino = t['dino_head'](t_cls)                                    # (2B, K)
+        t_ibot = t['ibot_head' if 'ibot_head' in t else 'dino_head'](t_patch[masks])   # (M, K)
+        p_dino = self._targets(self.dino_loss, t_dino, teacher_temp)      # (2B, K)
+        p_ibot = self._targets(self.ibot_loss, t_ibot, teacher_temp)      # (M, K)
+    # ---- student: masked global crops and local crops
+    sf = trunk.forward_features(global_crops, masks=masks, branch='ssl')
+    s_cls, s_patch = trunk.semantic_features(sf)                          # (2B, D), (2B, N, D)
+    s_g = self._pool(s_cls, s_patch)                                      # (2B, D)
+    s_dino_g = self.dino_head(s_g)                                        # (2B, K)
+    s_ibot = self.ibot_head(s_patch[masks])                               # (M, K)
+    n_pairs = n_g * (n_g - 1) + n_g * n_l
+    dino_global = self.dino_loss([s_dino_g], [p_dino]) * n_g / n_pairs     # 2 pairs, mean over 2B rows
+    dino_local = s_g.new_zeros(())
+    if n_l > 0:
+        lf = trunk.forward_features(local_crops, branch='ssl')
+        l_cls, l_patch = trunk.semantic_features(lf)
+        s_dino_l = self.dino_head(self._pool(l_cls, l_patch))              # (nB, K)
+        dino_local = self.dino_loss(list(s_dino_l.chunk(n_l)), list(p_dino.chunk(n_g))) / n_pairs
+    ibot = self.ibot_loss(s_ibot, p_ibot, masks, weights) if masks.any() else s_g.new_zeros(())
+    koleo = sum(self.koleo_loss(v) for v in s_g.chunk(n_g))
+    c = self.cfg
+    loss = c.dino_weight * (dino_global + dino_local) + c.ibot_weight * ibot + c.koleo_weight * koleo
+    if c.centering == 'centering':                                        # centres move after the step (`update_teacher`)
+        self.dino_loss.accumulate_center(t_dino)
+        if masks.any(): self.ibot_loss.accumulate_center(t_ibot)
+    return dict(loss=loss, dino_global=dino_global.detach(), dino_local=dino_local.detach(),
+                ibot=ibot.detach(), koleo=koleo.detach(), teacher_probs=p_dino)

@@ -217,6 +217,7 @@ class VTPTask(Task):
                 f"params={fmt_count(count_params(model.tokenizer))} (tokenizer) data={self.desc} "
                 f"rec_loss={model.rec_loss.describe() if self.terms['rec'] > 0 else '-'}")
 
+# %% ../nbs/14_train.ipynb #9366ba04
 def train(cfg:RunConfig, # resolved run config (validated here)
           resume:bool|str=False, # True: continue the run in train.out_dir; a path: that checkpoint
           overwrite:bool=False, # replace an existing run in train.out_dir

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import RmsNorm, SwiGLU, drop_path
+from fastcore.basics import patch
 from .checkpoint import save_checkpoint, load_checkpoint, checkpoint_path, CheckpointError, weights_hash
 
 # %% auto #0
@@ -233,115 +234,131 @@ class VisualTokenizer(nn.Module):
         for m in (self.decoder.proj_in, self.decoder.proj_out):
             nn.init.trunc_normal_(m.weight, std=0.02); nn.init.zeros_(m.bias)
 
-    def config_dict(self) -> dict:
-        "The config as a plain dict, for checkpoints."
-        return asdict(self.cfg)
-
-    @classmethod
-    def from_config_dict(cls, d:dict # from `config_dict()` / `dataclasses.asdict(cfg)`
-                        ):
-        "A freshly initialised tokenizer built from a checkpoint's config dict."
-        return cls(ViTConfig.from_dict(d))
-
-    @property
-    def semantic_dim(self) -> int:
-        "Width of the features CLIP/SSL heads read (D if `bottleneck_ae_only`, else d)."
-        return self.cfg.width if self.cfg.bottleneck_ae_only else self.cfg.bottleneck_dim
-
-    @property
-    def patch_size(self) -> int: return self.cfg.patch_size
-
-    def grid_size(self, H:int, W:int) -> tuple:
-        "Token grid (h, w) for an H x W image; errors unless both are multiples of the patch size."
-        p = self.cfg.patch_size
-        if H % p or W % p: raise ValueError(f"image size {H}x{W} is not a multiple of patch_size={p}")
-        return H // p, W // p
-
-    def drop_rate(self, branch:str|None # 'clip', 'ssl', 'rec' or None (no stochastic depth)
-                 ) -> float:
-        "The stochastic depth rate of a training branch."
-        if branch is None: return 0.0
-        if branch not in ('clip', 'ssl', 'rec'): raise ValueError(f"branch={branch!r} must be 'clip', 'ssl', 'rec' or None")
-        return getattr(self.cfg, f'drop_path_{branch}')
-
-    def tokens(self, x:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
-               masks:torch.Tensor|None=None # (B, N) bool, True = replace by the mask token
-              ) -> tuple:
-        "Input tokens (B, 1+N, D) = [cls, patch embeddings] and the RoPE tables for the patch grid."
-        B, _, H, W = x.shape
-        h, w = self.grid_size(H, W)
-        t = rearrange(self.patch_embed(x), 'b d h w -> b (h w) d')                 # (B, N, D)
-        if masks is not None:
-            if tuple(masks.shape) != tuple(t.shape[:2]):
-                raise ValueError(f"masks has shape {tuple(masks.shape)}, expected (B, N) = {tuple(t.shape[:2])}")
-            t = torch.where(masks[..., None], self.mask_token.to(t.dtype), t)     # (B, N, D)
-            cls = self.cls_token
-        else: cls = self.cls_token + 0 * self.mask_token                           # keeps mask_token in the graph (DDP)
-        t = torch.cat([cls.expand(B, -1, -1), t], 1)                               # (B, 1+N, D)
-        rope = rope_2d_sincos(h, w, self.cfg.head_dim, self.cfg.rope_base, _DTYPES[self.cfg.rope_dtype], x.device)
-        return t, rope
-
-    def forward_features(self, x:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
-                         masks:torch.Tensor|None=None, # (B, N) bool, True = masked patch (iBOT)
-                         branch:str|None=None # 'clip', 'ssl', 'rec': whose stochastic depth rate to use
-                        ) -> dict:
-        "Normed tokens before (cls, patch) and after (z_cls, z_patch) the bottleneck."
-        t, rope = self.tokens(x, masks)                                            # (B, 1+N, D)
-        rate = self.drop_rate(branch)
-        for blk in self.blocks: t = blk(t, rope, 1, rate)                           # (B, 1+N, D)
-        t = self.norm(t)                                                           # (B, 1+N, D)
-        z = self.bottleneck(t)                                                     # (B, 1+N, d)
-        return dict(cls=t[:, 0], patch=t[:, 1:], z_cls=z[:, 0], z_patch=z[:, 1:])
-
-    def semantic_features(self, feats:dict # from `forward_features`
-                         ) -> tuple:
-        "(cls, patch) for CLIP/SSL heads: pre-bottleneck if `bottleneck_ae_only`, else the d-dim latent."
-        if self.cfg.bottleneck_ae_only: return feats['cls'], feats['patch']
-        return feats['z_cls'], feats['z_patch']
-
-    def encode(self, x:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
-               branch:str|None='rec' # stochastic depth rate to use in training mode
-              ) -> torch.Tensor:
-        "Images -> latent grid (B, d, H/p, W/p)."
-        h, w = self.grid_size(*x.shape[-2:])
-        z = self.forward_features(x, branch=branch)['z_patch']                     # (B, N, d)
-        return rearrange(z, 'b (h w) d -> b d h w', h=h, w=w)                      # (B, d, h, w)
-
-    def decode(self, z:torch.Tensor # (B, d, h, w) latents
-              ) -> torch.Tensor:
-        "Latent grid -> images (B, 3, h*p, w*p) in the [-1, 1] pixel space (not clamped)."
-        return self.decoder(z)
-
-    def forward(self, x:torch.Tensor # (B, 3, H, W) images in [-1, 1]
-               ) -> torch.Tensor:
-        "Reconstruction: decode(encode(x))."
-        return self.decode(self.encode(x))                                         # (B, 3, H, W)
-
-    def get_intermediate_layers(self, x:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
-                                n:int|list=1, # last n blocks, or a list of block indices
-                                reshape:bool=False, # patch tokens as grids (B, D, h, w) instead of (B, N, D)
-                                return_class_token:bool=False, # also return each block's cls token (B, D)
-                                norm:bool=True # apply the final norm to each output
-                               ) -> tuple:
-        "Pre-bottleneck patch tokens of the chosen blocks (DINOv2 / official convention), optionally with cls."
-        h, w = self.grid_size(*x.shape[-2:])
-        idx = set(range(self.cfg.depth - n, self.cfg.depth) if isinstance(n, int) else n)
-        t, rope = self.tokens(x)
-        outs = []
-        for i, blk in enumerate(self.blocks):
-            t = blk(t, rope, 1)                                                    # (B, 1+N, D)
-            if i in idx: outs.append(self.norm(t) if norm else t)
-        cls = [o[:, 0] for o in outs]                                              # each (B, D)
-        patch = [o[:, 1:] for o in outs]                                           # each (B, N, D)
-        if reshape: patch = [rearrange(p, 'b (h w) d -> b d h w', h=h, w=w) for p in patch]
-        return tuple(zip(patch, cls)) if return_class_token else tuple(patch)
-
     def param_counts(self) -> dict:
         "Parameters of the encoder trunk (patch embed, tokens, blocks, final norm), bottleneck and decoder."
         n = lambda ps: sum(p.numel() for p in ps)
         trunk = n(p for k, p in self.named_parameters() if not k.startswith(('bottleneck', 'decoder')))
         return dict(trunk=trunk, bottleneck=n(self.bottleneck.parameters()), decoder=n(self.decoder.parameters()),
                     total=n(self.parameters()))
+
+# %% ../nbs/05_vit.ipynb #3cca091b
+@patch
+def config_dict(self:VisualTokenizer) -> dict:
+    "The config as a plain dict, for checkpoints."
+    return asdict(self.cfg)
+
+@patch(cls_method=True)
+def from_config_dict(cls:VisualTokenizer, d:dict # from `config_dict()` / `dataclasses.asdict(cfg)`
+                    ):
+    "A freshly initialised tokenizer built from a checkpoint's config dict."
+    return cls(ViTConfig.from_dict(d))
+
+@patch(as_prop=True)
+def semantic_dim(self:VisualTokenizer) -> int:
+    "Width of the features CLIP/SSL heads read (D if `bottleneck_ae_only`, else d)."
+    return self.cfg.width if self.cfg.bottleneck_ae_only else self.cfg.bottleneck_dim
+
+@patch(as_prop=True)
+def patch_size(self:VisualTokenizer) -> int: return self.cfg.patch_size
+
+@patch
+def grid_size(self:VisualTokenizer, H:int, W:int) -> tuple:
+    "Token grid (h, w) for an H x W image; errors unless both are multiples of the patch size."
+    p = self.cfg.patch_size
+    if H % p or W % p: raise ValueError(f"image size {H}x{W} is not a multiple of patch_size={p}")
+    return H // p, W // p
+
+# %% ../nbs/05_vit.ipynb #043b418c
+@patch
+def drop_rate(self:VisualTokenizer, branch:str|None # 'clip', 'ssl', 'rec' or None (no stochastic depth)
+             ) -> float:
+    "The stochastic depth rate of a training branch."
+    if branch is None: return 0.0
+    if branch not in ('clip', 'ssl', 'rec'): raise ValueError(f"branch={branch!r} must be 'clip', 'ssl', 'rec' or None")
+    return getattr(self.cfg, f'drop_path_{branch}')
+
+# %% ../nbs/05_vit.ipynb #ca705e9b
+@patch
+def tokens(self:VisualTokenizer, x:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
+           masks:torch.Tensor|None=None # (B, N) bool, True = replace by the mask token
+          ) -> tuple:
+    "Input tokens (B, 1+N, D) = [cls, patch embeddings] and the RoPE tables for the patch grid."
+    B, _, H, W = x.shape
+    h, w = self.grid_size(H, W)
+    t = rearrange(self.patch_embed(x), 'b d h w -> b (h w) d')                 # (B, N, D)
+    if masks is not None:
+        if tuple(masks.shape) != tuple(t.shape[:2]):
+            raise ValueError(f"masks has shape {tuple(masks.shape)}, expected (B, N) = {tuple(t.shape[:2])}")
+        t = torch.where(masks[..., None], self.mask_token.to(t.dtype), t)     # (B, N, D)
+        cls = self.cls_token
+    else: cls = self.cls_token + 0 * self.mask_token                           # keeps mask_token in the graph (DDP)
+    t = torch.cat([cls.expand(B, -1, -1), t], 1)                               # (B, 1+N, D)
+    rope = rope_2d_sincos(h, w, self.cfg.head_dim, self.cfg.rope_base, _DTYPES[self.cfg.rope_dtype], x.device)
+    return t, rope
+
+# %% ../nbs/05_vit.ipynb #6fa66942
+@patch
+def forward_features(self:VisualTokenizer, x:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
+                     masks:torch.Tensor|None=None, # (B, N) bool, True = masked patch (iBOT)
+                     branch:str|None=None # 'clip', 'ssl', 'rec': whose stochastic depth rate to use
+                    ) -> dict:
+    "Normed tokens before (cls, patch) and after (z_cls, z_patch) the bottleneck."
+    t, rope = self.tokens(x, masks)                                            # (B, 1+N, D)
+    rate = self.drop_rate(branch)
+    for blk in self.blocks: t = blk(t, rope, 1, rate)                           # (B, 1+N, D)
+    t = self.norm(t)                                                           # (B, 1+N, D)
+    z = self.bottleneck(t)                                                     # (B, 1+N, d)
+    return dict(cls=t[:, 0], patch=t[:, 1:], z_cls=z[:, 0], z_patch=z[:, 1:])
+
+@patch
+def semantic_features(self:VisualTokenizer, feats:dict # from `forward_features`
+                     ) -> tuple:
+    "(cls, patch) for CLIP/SSL heads: pre-bottleneck if `bottleneck_ae_only`, else the d-dim latent."
+    if self.cfg.bottleneck_ae_only: return feats['cls'], feats['patch']
+    return feats['z_cls'], feats['z_patch']
+
+# %% ../nbs/05_vit.ipynb #28ab0b4c
+@patch
+def encode(self:VisualTokenizer, x:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
+           branch:str|None='rec' # stochastic depth rate to use in training mode
+          ) -> torch.Tensor:
+    "Images -> latent grid (B, d, H/p, W/p)."
+    h, w = self.grid_size(*x.shape[-2:])
+    z = self.forward_features(x, branch=branch)['z_patch']                     # (B, N, d)
+    return rearrange(z, 'b (h w) d -> b d h w', h=h, w=w)                      # (B, d, h, w)
+
+@patch
+def decode(self:VisualTokenizer, z:torch.Tensor # (B, d, h, w) latents
+          ) -> torch.Tensor:
+    "Latent grid -> images (B, 3, h*p, w*p) in the [-1, 1] pixel space (not clamped)."
+    return self.decoder(z)
+
+@patch
+def forward(self:VisualTokenizer, x:torch.Tensor # (B, 3, H, W) images in [-1, 1]
+           ) -> torch.Tensor:
+    "Reconstruction: decode(encode(x))."
+    return self.decode(self.encode(x))                                         # (B, 3, H, W)
+
+# %% ../nbs/05_vit.ipynb #2ca46f6f
+@patch
+def get_intermediate_layers(self:VisualTokenizer, x:torch.Tensor, # (B, 3, H, W) images in [-1, 1]
+                            n:int|list=1, # last n blocks, or a list of block indices
+                            reshape:bool=False, # patch tokens as grids (B, D, h, w) instead of (B, N, D)
+                            return_class_token:bool=False, # also return each block's cls token (B, D)
+                            norm:bool=True # apply the final norm to each output
+                           ) -> tuple:
+    "Pre-bottleneck patch tokens of the chosen blocks (DINOv2 / official convention), optionally with cls."
+    h, w = self.grid_size(*x.shape[-2:])
+    idx = set(range(self.cfg.depth - n, self.cfg.depth) if isinstance(n, int) else n)
+    t, rope = self.tokens(x)
+    outs = []
+    for i, blk in enumerate(self.blocks):
+        t = blk(t, rope, 1)                                                    # (B, 1+N, D)
+        if i in idx: outs.append(self.norm(t) if norm else t)
+    cls = [o[:, 0] for o in outs]                                              # each (B, D)
+    patch = [o[:, 1:] for o in outs]                                           # each (B, N, D)
+    if reshape: patch = [rearrange(p, 'b (h w) d -> b d h w', h=h, w=w) for p in patch]
+    return tuple(zip(patch, cls)) if return_class_token else tuple(patch)
 
 # %% ../nbs/05_vit.ipynb #d8d1de74
 def save_tokenizer(tok:VisualTokenizer, path) -> Path:

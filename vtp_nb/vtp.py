@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 import torch, torch.nn as nn
 import torch.distributed as dist
+from fastcore.basics import patch
 from .core import set_seed, count_params, fmt_count, dist_info
 from .vit import ViTConfig, VisualTokenizer
 from .autoencoder import ReconLoss
@@ -85,71 +86,79 @@ class VTP(nn.Module):
         o = self.obj
         return BranchSampler(batch_size, o.batch_ssl, o.batch_rec, o.disjoint, seed, rank, world_size)
 
-    def make_batch(self, images:torch.Tensor, # (b, 3, H, W) this rank's images in [-1, 1]
-                   tokens:torch.Tensor|None, # (b, L) caption ids (None when CLIP is off)
-                   idx_ssl:torch.Tensor, # (b_ssl,) SSL subset (from `BranchSampler`)
-                   idx_rec:torch.Tensor # (b_rec,) reconstruction subset
-                  ) -> dict:
-        "Per-branch inputs of one step: CLIP gets all images, SSL/rec their subsets (+ SSL crops and masks)."
-        idx_ssl, idx_rec = idx_ssl.to(images.device), idx_rec.to(images.device)
-        out = dict(image=images, tokens=tokens, idx_ssl=idx_ssl, idx_rec=idx_rec)
-        if self.terms['rec'] > 0: out['rec_image'] = images[idx_rec]                   # (b_rec, 3, H, W)
-        if self.terms['ssl'] > 0:
-            rng = random.Random(int(torch.randint(2**62, (1,))))                         # masks: seeded from torch's RNG
-            out['ssl'] = self.ssl.make_inputs(images[idx_ssl], self.tokenizer.cfg.patch_size, rng=rng)
-        return out
-
     def student_params(self):
         "(name, parameter) pairs the optimiser updates (everything but the teacher and frozen loss networks)."
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith(('ssl.teacher.', 'rec_loss.'))]
 
-    @torch.no_grad()
-    def update_teacher(self, momentum:float # EMA momentum m: teacher = m*teacher + (1-m)*student
-                      ):
-        "EMA update of the teacher (encoder + DINO head) from the student's."
-        if self.terms['ssl'] > 0: self.ssl.update_teacher(self.tokenizer, momentum)
+# %% ../nbs/10_vtp.ipynb #21e04d80
+@patch
+def make_batch(self:VTP, images:torch.Tensor, # (b, 3, H, W) this rank's images in [-1, 1]
+               tokens:torch.Tensor|None, # (b, L) caption ids (None when CLIP is off)
+               idx_ssl:torch.Tensor, # (b_ssl,) SSL subset (from `BranchSampler`)
+               idx_rec:torch.Tensor # (b_rec,) reconstruction subset
+              ) -> dict:
+    "Per-branch inputs of one step: CLIP gets all images, SSL/rec their subsets (+ SSL crops and masks)."
+    idx_ssl, idx_rec = idx_ssl.to(images.device), idx_rec.to(images.device)
+    out = dict(image=images, tokens=tokens, idx_ssl=idx_ssl, idx_rec=idx_rec)
+    if self.terms['rec'] > 0: out['rec_image'] = images[idx_rec]                   # (b_rec, 3, H, W)
+    if self.terms['ssl'] > 0:
+        rng = random.Random(int(torch.randint(2**62, (1,))))                         # masks: seeded from torch's RNG
+        out['ssl'] = self.ssl.make_inputs(images[idx_ssl], self.tokenizer.cfg.patch_size, rng=rng)
+    return out
 
-    def after_step(self):
-        "Housekeeping after an optimiser step (CLIP temperature clamp)."
-        if self.terms['clip'] > 0: self.clip.clamp_logit_scale_()
+# %% ../nbs/10_vtp.ipynb #d0553540
+@patch
+@torch.no_grad()
+def update_teacher(self:VTP, momentum:float # EMA momentum m: teacher = m*teacher + (1-m)*student
+                  ):
+    "EMA update of the teacher (encoder + DINO head) from the student's."
+    if self.terms['ssl'] > 0: self.ssl.update_teacher(self.tokenizer, momentum)
 
-    @torch.no_grad()
-    def clip_features(self, images:torch.Tensor, # (b, 3, H, W) one micro-batch's images
-                      tokens:torch.Tensor # (b, L) its caption ids
-                     ) -> tuple:
-        "(image features (b, E), text features (b, E)) without gradients: the cache of gradient accumulation."
-        cls, patch = self.tokenizer.semantic_features(self.tokenizer.forward_features(images, branch='clip'))
-        return self.clip.encode_image(cls, patch), self.clip.encode_text(tokens)
+@patch
+def after_step(self:VTP):
+    "Housekeeping after an optimiser step (CLIP temperature clamp)."
+    if self.terms['clip'] > 0: self.clip.clamp_logit_scale_()
 
-    def forward(self, batch:dict, # from `make_batch`
-                teacher_temp:float=0.04, # current teacher temperature (scheduled by the loop)
-                clip_cache:dict|None=None # with micro-batches: dict(image=[...], text=[...], index=a) (`ClipBranch.forward`)
-               ) -> dict:
-        out, loss, tok = {}, 0., self.tokenizer
-        if self.terms['clip'] > 0:
-            cls, patch = tok.semantic_features(tok.forward_features(batch['image'], branch='clip'))  # (B, D), (B, N, D)
-            c = self.clip(cls, patch, batch['tokens'], clip_cache)                       # loss over the global batch
-            out.update(clip=c['loss'], logit_scale=c['logit_scale'])
-            loss = loss + self.terms['clip'] * out['clip']
-        if self.terms['rec'] > 0:
-            x = batch['rec_image']                                                      # (b_rec, 3, H, W)
-            h, w = tok.grid_size(*x.shape[-2:])
-            z = tok.forward_features(x, branch='rec')['z_patch']                        # (b_rec, N, d)
-            recon = tok.decode(z.transpose(1, 2).reshape(len(x), -1, h, w))            # (b_rec, 3, H, W)
-            r = self.rec_loss(recon, x)
-            out.update({f'rec_{k}': v for k, v in r.items() if k != 'loss'}, rec=r['loss'])
-            loss = loss + self.terms['rec'] * out['rec']
-        if self.terms['ssl'] > 0:
-            s = batch['ssl']                                                            # 2*b_ssl global, n*b_ssl local crops
-            r = self.ssl(tok, s['global_crops'], s['local_crops'], s['masks'], teacher_temp, s['weights'])
-            p = r['teacher_probs']                                                      # (2*b_ssl, K)
-            out.update(ssl=r['loss'], dino=r['dino_global'] + r['dino_local'], ibot=r['ibot'], koleo=r['koleo'],
-                       teacher_entropy=-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
-            loss = loss + self.terms['ssl'] * out['ssl']
-        out['loss'] = loss
-        if clip_cache:   # every micro-batch's pass computes the whole batch's CLIP loss and the trainer divides by A: undo it
-            out['backward'] = loss + self.terms['clip'] * out['clip'] * (len(clip_cache['image']) - 1)
-        return out
+@patch
+@torch.no_grad()
+def clip_features(self:VTP, images:torch.Tensor, # (b, 3, H, W) one micro-batch's images
+                  tokens:torch.Tensor # (b, L) its caption ids
+                 ) -> tuple:
+    "(image features (b, E), text features (b, E)) without gradients: the cache of gradient accumulation."
+    cls, patch = self.tokenizer.semantic_features(self.tokenizer.forward_features(images, branch='clip'))
+    return self.clip.encode_image(cls, patch), self.clip.encode_text(tokens)
+
+# %% ../nbs/10_vtp.ipynb #27ffbc30
+@patch
+def forward(self:VTP, batch:dict, # from `make_batch`
+            teacher_temp:float=0.04, # current teacher temperature (scheduled by the loop)
+            clip_cache:dict|None=None # with micro-batches: dict(image=[...], text=[...], index=a) (`ClipBranch.forward`)
+           ) -> dict:
+    out, loss, tok = {}, 0., self.tokenizer
+    if self.terms['clip'] > 0:
+        cls, patch = tok.semantic_features(tok.forward_features(batch['image'], branch='clip'))  # (B, D), (B, N, D)
+        c = self.clip(cls, patch, batch['tokens'], clip_cache)                       # loss over the global batch
+        out.update(clip=c['loss'], logit_scale=c['logit_scale'])
+        loss = loss + self.terms['clip'] * out['clip']
+    if self.terms['rec'] > 0:
+        x = batch['rec_image']                                                      # (b_rec, 3, H, W)
+        h, w = tok.grid_size(*x.shape[-2:])
+        z = tok.forward_features(x, branch='rec')['z_patch']                        # (b_rec, N, d)
+        recon = tok.decode(z.transpose(1, 2).reshape(len(x), -1, h, w))            # (b_rec, 3, H, W)
+        r = self.rec_loss(recon, x)
+        out.update({f'rec_{k}': v for k, v in r.items() if k != 'loss'}, rec=r['loss'])
+        loss = loss + self.terms['rec'] * out['rec']
+    if self.terms['ssl'] > 0:
+        s = batch['ssl']                                                            # 2*b_ssl global, n*b_ssl local crops
+        r = self.ssl(tok, s['global_crops'], s['local_crops'], s['masks'], teacher_temp, s['weights'])
+        p = r['teacher_probs']                                                      # (2*b_ssl, K)
+        out.update(ssl=r['loss'], dino=r['dino_global'] + r['dino_local'], ibot=r['ibot'], koleo=r['koleo'],
+                   teacher_entropy=-(p * p.clamp_min(1e-12).log()).sum(-1).mean())
+        loss = loss + self.terms['ssl'] * out['ssl']
+    out['loss'] = loss
+    if clip_cache:   # every micro-batch's pass computes the whole batch's CLIP loss and the trainer divides by A: undo it
+        out['backward'] = loss + self.terms['clip'] * out['clip'] * (len(clip_cache['image']) - 1)
+    return out
 
 def build_vtp(cfg # a `RunConfig` (needs .model, .objective, .clip, .ssl, .rec)
              ) -> VTP:
