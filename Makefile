@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test
+.PHONY: install demo test outputs
 install: $(STAMP)
 
 $(STAMP):
@@ -23,3 +23,8 @@ demo: install
 
 test: install
 	$(VPY) scripts/run_tests.py
+
+# re-execute every notebook in a real kernel (slow cells off) and keep its outputs, then strip metadata (nbdev-clean)
+outputs: install
+	VTP_SAVE_OUTPUTS=1 $(VPY) -c "import sys; sys.path.insert(0, 'scripts'); import run_tests as t; sys.exit(t.run_kernels()[1] > 0)"
+	$(VENV)/bin/nbdev-clean

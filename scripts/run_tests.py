@@ -67,6 +67,7 @@ def _one_kernel(fn):
     nb = nbformat.read(fn, as_version=4)
     try:
         NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(fn.parent)}}).execute()
+        if os.environ.get('VTP_SAVE_OUTPUTS'): nbformat.write(nb, fn)     # `make outputs`: keep what this execution showed
         return fn, None, time.time() - t0
     except Exception as e:
         return fn, f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'[:300], time.time() - t0

@@ -17,7 +17,10 @@ def fast(): return apply_overrides(STUDY_PRESETS['tiny'](), FAST)
 
 
 def test_cpu_preset_is_a_matched_compute_study():
-    p = STUDY_PRESETS['cpu']()
+    cpu, p = STUDY_PRESETS['cpu'](), STUDY_PRESETS['all']()       # `all` = `cpu` + lambda_rec point, data scaling, routing
+    assert not (cpu.extra or cpu.data_sizes or cpu.routing or cpu.widths)
+    assert {j['name'] for j in study_jobs(cpu)} < {j['name'] for j in study_jobs(p)}
+    assert (cpu.dit, cpu.eval.cfg_scales) == (p.dit, (1.0, cpu.dit.sample.cfg_scale))   # the DiT recipe, evaluated at its own scale
     jobs = {j['name']: j for j in study_jobs(p)}
     for v in MAIN_VARIANTS: assert f"{v}@{p.main_steps}" in jobs
     for v in SCALING_VARIANTS:

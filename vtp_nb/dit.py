@@ -65,7 +65,13 @@ def _paper(size:str, steps:int, shift:float) -> DiTRunConfig:
         train=LoopConfig(steps=100_000, batch_size=1024, grad_accum=0, out_dir='runs/dit_paper', ckpt_every=5000, log_every=100),
         sample=SampleConfig(steps=steps, method='euler', shift=shift))
 
-DIT_PRESETS = {'cpu': DiTRunConfig, 'paper': lambda: _paper('B/1', 250, 1.), 'paper_xl': lambda: _paper('XL/1', 249, 1 / 0.075)}
+def _cpu() -> DiTRunConfig:
+    "The small-mode recipe chosen by the sweep of `24_sweep` (about 10 minutes on one CPU thread on data_small's latents)."
+    return DiTRunConfig(optim=OptimConfig(lr=2e-3, warmup=0., schedule='constant', weight_decay=0., weight_decay_end=0., betas=(0.9, 0.95), grad_clip=1.),
+                        train=LoopConfig(steps=3000, batch_size=128, out_dir='runs/dit', ckpt_every=500, log_every=50),
+                        sample=SampleConfig(steps=12, method='heun', cfg_scale=3.))
+
+DIT_PRESETS = {'cpu': _cpu, 'paper': lambda: _paper('B/1', 250, 1.), 'paper_xl': lambda: _paper('XL/1', 249, 1 / 0.075)}
 
 def dit_config(preset:str='cpu') -> DiTRunConfig:
     "A fresh `DiTRunConfig` of a preset."

@@ -42,16 +42,16 @@ class StudyConfig:
     lambda_rec:float=0.1
     main_steps:int=400             # the four variants' budget
     budgets:tuple=(120, 400, 1200) # AE and VTP at every budget
-    extra:tuple=(('vtp', 400, 1.0),)        # (variant, steps, lambda_rec) sweep points
-    data_sizes:tuple=(500, 1500)   # AE and VTP at main_steps on fixed nested subsets of this many images
+    extra:tuple=()                 # (variant, steps, lambda_rec) sweep points (preset `all`: VTP at lambda_rec 1)
+    data_sizes:tuple=()            # AE and VTP at main_steps on fixed nested subsets of this many images (preset `all`)
     widths:tuple=()                # AE and VTP at main_steps with these encoder widths (opt-in)
-    routing:tuple=(('vtp', 400),)  # (variant, steps) runs with bottleneck_ae_only=False
+    routing:tuple=()               # (variant, steps) runs with bottleneck_ae_only=False (preset `all`)
     stage2_steps:int=300           # stage 2 of every tokenizer: decoder fine-tuned on L1, encoder frozen
     stage2_batch:int=128
     stage2_lr:float=3e-4
-    dit:DiTRunConfig=field(default_factory=lambda: apply_overrides(dit_config('cpu'), [
-        'train.steps=600', 'train.batch_size=128', 'optim.lr=5e-4', 'train.log_every=30', 'train.ckpt_every=300', 'train.progress=false']))
-    eval:EvalConfig=field(default_factory=lambda: EvalConfig(n_gen=500, sample_steps=25, cfg_scales=(1.0, 2.0), kid=False, floors=False))
+    dit:DiTRunConfig=field(default_factory=lambda: apply_overrides(dit_config('cpu'), ['train.progress=false']))   # the sweep's recipe
+    eval:EvalConfig=field(default_factory=lambda: EvalConfig(n_gen=500, cfg_scales=(1.0, dit_config('cpu').sample.cfg_scale),
+                                                             kid=False, floors=False))   # the recipe's sampler; CFG off and the recipe's scale
     workers:int=2                  # parallel jobs, 1 thread each
     seed:int=0
 
@@ -65,9 +65,13 @@ def _tiny() -> StudyConfig:
 
 def _quick() -> StudyConfig:
     "The headline comparison alone: AE vs VTP at two budgets (the `cpu` preset's settings otherwise)."
-    return StudyConfig(preset='quick', variants=('ae', 'vtp'), budgets=(120, 400), extra=(), data_sizes=(), routing=())
+    return StudyConfig(preset='quick', variants=('ae', 'vtp'), budgets=(120, 400))
 
-STUDY_PRESETS = {'tiny': _tiny, 'quick': _quick, 'cpu': StudyConfig}   # tiny: tests and `make demo`; quick: ~20 min; cpu: the default
+def _all() -> StudyConfig:
+    "Every arm: the `cpu` preset plus the lambda_rec point, data scaling and the routing ablation (widths stay opt-in)."
+    return StudyConfig(preset='all', extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500), routing=(('vtp', 400),))
+
+STUDY_PRESETS = {'tiny': _tiny, 'quick': _quick, 'cpu': StudyConfig, 'all': _all}   # tiny: tests; quick: the headline; cpu: the default
 MAIN_VARIANTS = ('ae', 'clip_ae', 'ssl_ae', 'vtp')   # the paper's four tokenizers
 SCALING_VARIANTS = ('ae', 'vtp')                      # trained at every budget
 VARIANT_NAMES = {'ae': 'AE', 'clip_ae': 'CLIP+AE', 'ssl_ae': 'SSL+AE', 'vtp': 'VTP (CLIP+SSL+AE)'}

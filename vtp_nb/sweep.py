@@ -30,13 +30,15 @@ class SweepConfig:
     preset:str='cpu'
     study:StudyConfig=field(default_factory=StudyConfig)       # the tokenizers' settings (model, batch, stage 2) and the DiT's base
     tokenizers:tuple=(('ae', 400), ('vtp', 400))               # (variant, steps) of the fixed tokenizers
-    base:tuple=('train.steps=2400', 'optim.lr=1e-3', 'train.batch_size=128')   # --set of the base recipe (on the study's DiT config)
+    base:tuple=('train.steps=2400', 'optim.lr=1e-3', 'train.batch_size=128', 'sample.method=euler', 'sample.steps=50',
+                'sample.cfg_scale=1')                           # --set of the base recipe (on the study's DiT config, itself the recipe)
     arms:tuple=(('base', ()),)                                  # (name, extra --set) trained on each tokenizer
     keep_every:int=600                                          # checkpoints of the `detail` arms evaluated along training
     sampling:tuple=()                                           # (name, dict of sample settings) on the `detail` arms' final checkpoints
     detail:tuple=('base',)                                      # arms evaluated along training and with every sampling variant
     recipe:str='base'                                           # the chosen arm: its samples are drawn in the report
     recipe_cfg:float=2.0                                        # ... at this guidance scale
+    arm_eval:dict=field(default_factory=dict)                   # arm name -> `EvalConfig` fields that differ for that arm
     eval:EvalConfig=field(default_factory=lambda: EvalConfig(n_gen=500, sample_steps=25, cfg_scales=(1.0, 2.0), kid=False, floors=False))
     workers:int=2
 
@@ -45,10 +47,12 @@ def _cpu() -> SweepConfig:
             ('cosine 2e-3', ('optim.lr=2e-3', 'optim.schedule=cosine', 'optim.warmup=0.05', 'optim.min_lr=1e-5')),
             ('batch 256, 1200 steps', ('train.batch_size=256', 'train.steps=1200')),
             ('width 192', ('model.hidden_size=192', 'model.num_heads=6')),
-            ('t_mu -0.5', ('flow.t_mu=-0.5',)), ('EMA 0.9995', ('flow.ema_decay=0.9995',)))
+            ('recipe', ('optim.lr=2e-3', 'train.steps=3000', 'sample.method=heun', 'sample.steps=12')),
+            ('t_mu -0.5', ('flow.t_mu=-0.5',)), ('EMA 0.99', ('flow.ema_decay=0.99',)))
     sampling = (('Euler 10', dict(sample_steps=10)), ('Euler 50', dict(sample_steps=50)), ('Heun 12', dict(sample_steps=12, sample_method='heun')),
                 ('shift 2', dict(sample_shift=2.)), ('CFG interval 0.2-1', dict(cfg_interval=(0.2, 1.))), ('CFG scales', dict(cfg_scales=(1.5, 3., 4.))))
-    return SweepConfig(arms=arms, sampling=sampling)
+    return SweepConfig(arms=arms, sampling=sampling, recipe='recipe', recipe_cfg=3.,
+                       arm_eval={'recipe': dict(sample_steps=0, cfg_scales=(1., 2., 3., 4.))})   # the recipe's own sampler (Heun, 12 steps)
 
 def _tiny() -> SweepConfig:
     st = apply_overrides(StudyConfig(), ['model=tiny', 'batch_size=32', 'batch_ssl=8', 'batch_rec=16', 'stage2_steps=2', 'stage2_batch=32',
@@ -110,7 +114,7 @@ def run_arm(tok:tuple, arm:tuple, p:SweepConfig, root:str) -> list:
         for ck in ckpts:
             step = int(ck.stem.split('_')[1]) if ck.stem != 'ckpt' else dc.train.steps
             rows.append(dict(tokenizer=f'{variant}@{steps}', arm=name, step=step, train_s=round(secs * step / dc.train.steps, 1),
-                             **evaluate_dit(ck, c, train, p.eval)))
+                             **evaluate_dit(ck, c, train, replace(p.eval, **p.arm_eval.get(name, {})))))
         if name in p.detail:
             for sname, s in p.sampling:
                 rows.append(dict(tokenizer=f'{variant}@{steps}', arm=f'{name}, {sname}', step=dc.train.steps, sampling=sname,
