@@ -30,8 +30,11 @@ def main():
     t0 = time.time()
     RUN.mkdir(parents=True, exist_ok=True)
     tok, s2, lat, dit, smp, ev = (RUN/n for n in ('tokenizer', 'stage2', 'latents', 'dit', 'samples', 'eval'))
+    from vtp_nb.dit import dit_config
+    w = f"{dit_config('cpu').sample.cfg_scale:g}"           # the recipe's guidance scale; the report also shows CFG 1 (off)
     short = dict(tok=['--steps', '20'], s2=['--steps', '20'], dit=['--steps', '50'],
-                 ev=['--n-train', '1000', '--n-val', '200', '--n-gen', '100']) if QUICK else dict(tok=[], s2=[], dit=[], ev=['--n-gen', '500'])
+                 ev=['--n-train', '1000', '--n-val', '200', '--n-gen', '100', '--cfg-scales', '1', w]) if QUICK else \
+            dict(tok=[], s2=[], dit=[], ev=['--n-gen', '500', '--cfg-scales', '1', w])
     step('1/6 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, '--overwrite', *short['tok'])
     step('2/6 stage 2: fine-tune the pixel decoder, encoder frozen', '-m', 'vtp_nb.stage2', '--tokenizer', tok, '--out', s2,
          '--overwrite', *short['s2'])

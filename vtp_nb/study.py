@@ -409,7 +409,8 @@ def _main(argv):
     a = ap.parse_args(argv)
     p = apply_overrides(pick(STUDY_PRESETS, a.preset), ([f'workers={a.workers}'] if a.workers else []) + a.sets)
     res = run_study(p, a.out or f'runs/study_{a.preset}', a.resume, a.overwrite)
-    for sec in ('main', 'scaling', 'lambda_rec_sweep'): print(f'\n{sec}:'); print(format_table(res, section=sec))
+    for sec in ('main', 'scaling', 'lambda_rec_sweep', 'routing_ablation'):
+        if res.get(sec): print(f'\n{sec}:'); print(format_table(res, section=sec))
     return 0
 
 def main(argv=None) -> int:
