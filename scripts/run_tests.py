@@ -8,7 +8,7 @@
 3. `pytest tests/`, two worker processes (pytest-xdist) with one thread each.
 The last line is `N passed, N failed`, counting notebooks and pytest tests together.
 """
-import hashlib, os, subprocess, sys, time, xml.etree.ElementTree as ET
+import hashlib, os, subprocess, sys, tempfile, time, xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +60,22 @@ def run_notebooks(workers=2):
     return sum(results), len(results) - sum(results)
 
 
+def _anonymise(nb):
+    "Stored outputs name no folder of the machine they ran on: temporary folders become <tmp>, the kernel's cell files <cell>."
+    import re
+    subs = [(re.compile(r'/tmp/ipykernel_\d+/\d+\.py'), '<cell>'), (re.compile(re.escape(tempfile.gettempdir()) + r'/tmp[\w-]+'), '<tmp>'),
+            (re.compile(re.escape(str(ROOT)) + '/'), '')]
+    def fix(t):
+        for r, rep in subs: t = r.sub(rep, t)
+        return t
+    for c in nb.cells:
+        for o in c.get('outputs', []):
+            if 'text' in o: o['text'] = fix(o['text'])
+            for k, v in o.get('data', {}).items():
+                if k.startswith('text/'): o['data'][k] = fix(v) if isinstance(v, str) else [fix(x) for x in v]
+    return nb
+
+
 def _one_kernel(fn):
     import nbformat
     from nbclient import NotebookClient
@@ -67,7 +83,7 @@ def _one_kernel(fn):
     nb = nbformat.read(fn, as_version=4)
     try:
         NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(fn.parent)}}).execute()
-        if os.environ.get('VTP_SAVE_OUTPUTS'): nbformat.write(nb, fn)     # `make outputs`: keep what this execution showed
+        if os.environ.get('VTP_SAVE_OUTPUTS'): nbformat.write(_anonymise(nb), fn)   # `make outputs`: keep what this execution showed
         return fn, None, time.time() - t0
     except Exception as e:
         return fn, f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'[:300], time.time() - t0
