@@ -101,7 +101,9 @@ def test_evaluate_cli(tmp_path):
     assert all(re.search(r'N=\d+', l) for l in labels)
     assert not re.search(r'[rg]?[FK]ID\s*[=:]\s*-?\d', p.stdout), 'a bare FID/KID number was printed'
     assert re.search(r'gFID\[ref-cls, train, N=50 vs 300\] = ', p.stdout)
-    assert (out/'recons.png').exists() and (out/'samples_cfg1.png').exists()
+    from vtp_nb.dit import dit_config
+    w = dit_config('cpu').sample.cfg_scale                       # no --cfg-scales: the DiT run's own scale
+    assert (out/'recons.png').exists() and (out/f'samples_cfg{w:g}.png').exists()
 
 def test_evaluate_cli_bad_ckpt(tmp_path):
     torch.save({'weights': {}}, tmp_path/'bad.pt')

@@ -41,6 +41,7 @@ def test_tiny_sweep_end_to_end_and_rerun(tmp_path, capsys):
     man = export_course_assets(SWEEP_PRESETS['tiny'](), out, dest=tmp_path/'assets')
     tok, (dit, ck) = load_tokenizer(tmp_path/'assets'/'vtp_small.pt'), load_dit(tmp_path/'assets'/'dit_small.pt')
     check_tokenizer(ck, tok)
+    assert str(tmp_path) not in json.dumps({k: ck[k] for k in ('config', 'links')}, default=str)   # no folder of this machine
     assert ck['links']['encoder'] != ck['links']['encoder_fp32']           # rounded weights, recorded as such
     for k, v in man.items(): assert file_sha256(tmp_path/'assets'/k) == v['sha256']
     assert json.loads((tmp_path/'assets'/'MANIFEST.json').read_text()).keys() == {'vtp_small.pt', 'dit_small.pt'}

@@ -273,7 +273,9 @@ def export_course_assets(p:SweepConfig, root, dest=None, variant:str='vtp') -> d
     save_checkpoint(dest/'vtp_small.pt', 'tokenizer', {'model': tok.config_dict(), 'shipped': note}, 0, model=half(tok.state_dict()))
     ck = load_checkpoint(tdir/'dit'/p.recipe.replace(' ', '_').replace(',', ''), kind='dit')
     links = dict(ck['links'], encoder=encoder_hash(shipped), encoder_fp32=ck['links'].get('encoder'))
-    save_checkpoint(dest/'dit_small.pt', 'dit', ck['config'], ck['step'], links, ema=half(ck['ema']), extra={'stats': ck['extra']['stats']})
+    here = lambda d: json.loads(json.dumps(d).replace(str(Path(root).resolve()), Path(root).name).replace(str(root), Path(root).name))
+    save_checkpoint(dest/'dit_small.pt', 'dit', here(ck['config']), ck['step'], here(links), ema=half(ck['ema']),   # no folder of this machine
+                    extra={'stats': here(ck['extra']['stats'])})
     man_f = dest/'MANIFEST.json'
     man = json.loads(man_f.read_text()) if man_f.exists() else {}
     cmd = f'python -m vtp_nb.sweep --preset {p.preset} --export-assets'
