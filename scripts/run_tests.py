@@ -76,7 +76,16 @@ def _anonymise(nb):
     return nb
 
 
-def _one_kernel(fn):
+def _one_kernel(fn, tries:int=3):
+    "Run one notebook top to bottom in a fresh kernel; a kernel that dies while *starting* (before running any cell) is retried."
+    for i in range(tries):
+        fn, err, secs = _kernel_once(fn)
+        if err is None or 'before replying to kernel_info' not in err: break
+        print(f'  kernel for {fn.name} died while starting ({err}); retrying', flush=True)
+    return fn, err, secs
+
+
+def _kernel_once(fn):
     import nbformat
     from nbclient import NotebookClient
     t0 = time.time()
