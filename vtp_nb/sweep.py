@@ -203,7 +203,7 @@ def plot_sweep(summary:list, path=None, target:float=0.85, minimum:float=0.75):
     return fig
 
 def convergence(res:dict, arm:str='base') -> dict:
-    "{tokenizer: [(step, train seconds, class acc at each CFG, gFID at each CFG), ...]} of one `detail` arm."
+    "{tokenizer: that arm's result rows sorted by step} of one `detail` arm (its checkpoints along training)."
     out = {}
     for r in sorted((r for r in res['rows'] if r['arm'] == arm), key=lambda r: r['step']):
         out.setdefault(r['tokenizer'], []).append(r)
