@@ -9,6 +9,7 @@ same run (a 2048^3 matmul loop).
     python bench/throughput.py --device cuda --config demo   # MFU in bf16 autocast + SDPA vs the GPU's dense bf16 peak
     python bench/throughput.py --device cuda --config full --batch 64   # VTP-L at 256 px, per-GPU micro-batch
     python bench/throughput.py --config demo --smoke  # the GPU code path at tiny size (runs on a CPU, for tests)
+    python bench/throughput.py --reference ../VTP     # our VisualTokenizer vs the official VTPModel, side by side (CPU)
 
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` via `vtp_nb.core.flop_counter` (matmuls, convolutions
 and SDPA, including the CPU attention kernels the stock registry misses; elementwise ops are not counted), so "achieved FLOP/s" is model FLOP/s in the usual MFU sense.
@@ -160,6 +161,181 @@ def plain_ae_step(dev, size:str='small_f4d16', batch:int=128, width:int|None=Non
     return step, sum(p.numel() for p in tok.parameters()), n_tok
 
 
+# --- side-by-side comparison with the official model code (--reference) -------------------------------------------
+
+def reference_config(image_size:int=256) -> dict:
+    "Official VTPConfig fields of the compared tokenizer: S-f16d64 encoder, 4-block 384-wide pixel decoder, no CLIP parts."
+    return dict(image_size=image_size, train_clip=False, train_reconstruction=True, vision_patch_size=16,
+                vision_embed_dim=384, vision_depth=12, vision_num_heads=6, vision_feature_bottleneck=64,
+                decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=6)
+
+
+def import_official(path) -> tuple:
+    "((VTPConfig, VTPModel), None) from a checkout of MiniMax-AI/VTP at `path`, or (None, why not)."
+    path = Path(path).expanduser().resolve()
+    if not (path / 'vtp' / 'models' / 'vtp_hf').is_dir():
+        return None, f"{path} has no vtp/models/vtp_hf/ (expected a checkout of github.com/MiniMax-AI/VTP)"
+    sys.path.insert(0, str(path))
+    try:
+        from vtp.models.vtp_hf import VTPConfig, VTPModel
+    except ImportError as e:   # typically transformers or omegaconf missing: `pip install "transformers==4.57.*" omegaconf`
+        return None, f"importing vtp.models.vtp_hf from {path} failed: {e!r} (the official code needs transformers and omegaconf)"
+    return (VTPConfig, VTPModel), None
+
+
+def l1_step(model, forward, x):
+    "A closure: one L1 reconstruction training step (forward, backward, AdamW, zero_grad) of `model` on `x`."
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    def step():
+        loss = (forward(x) - x).abs().mean(); loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    return step
+
+
+def count_flops(step) -> dict:
+    "FLOPs of one call: total (matmuls, convolutions, attention) and the attention part alone."
+    with flop_counter() as fc: step()
+    att = sum(n for op, n in fc.get_flop_counts().get('Global', {}).items() if 'scaled_dot_product' in str(op))
+    return dict(total=fc.get_total_flops(), attention=att)
+
+
+def busy_cpu_seconds() -> float|None:
+    "CPU seconds all processes of the machine have been busy so far (Linux /proc/stat), or None elsewhere."
+    try: vals = [int(v) for v in Path('/proc/stat').read_text().split('\n', 1)[0].split()[1:]]
+    except (OSError, ValueError): return None
+    return (sum(vals[:8]) - vals[3] - vals[4]) / os.sysconf('SC_CLK_TCK')   # all but idle and iowait
+
+
+def minor_faults() -> int:
+    "Minor page faults of this process so far (0 where `resource` is unavailable)."
+    try: import resource
+    except ImportError: return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def steady_malloc() -> bool:
+    """Ask glibc malloc to keep the memory it gets back (no trimming, 1 GiB top pad, mmap only above 32 MiB), so a step
+    does not page-fault on memory the previous step - possibly the other model's - returned; False where unsupported."""
+    import ctypes, ctypes.util
+    try: mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
+    except (OSError, AttributeError): return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    return all(mallopt(o, v) == 1 for o, v in ((M_TRIM_THRESHOLD, 2 ** 31 - 1), (M_TOP_PAD, 1 << 30), (M_MMAP_THRESHOLD, 32 << 20)))
+
+
+def interleaved(steps:dict, rounds:int, max_others:float|None=None, max_rounds:int|None=None) -> tuple:
+    """Seconds per call of each step, from rounds that run every step once in an order rotated each round.
+    For each call also the share of the machine's CPUs that *other* processes used meanwhile; with `max_others`, a call
+    during which they used more is not counted, and rounds go on until every step has `rounds` counted calls (at most
+    `max_rounds` rounds). Returns (counted seconds per step, log of every call)."""
+    names, ts, log = list(steps), {k: [] for k in steps}, []
+    max_rounds = max_rounds or 4 * rounds
+    for r in range(max_rounds):
+        if min(len(v) for v in ts.values()) >= rounds: break
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            b0, f0, c0, t0 = busy_cpu_seconds(), minor_faults(), time.process_time(), time.perf_counter()
+            steps[k]()
+            dt, cpu, b1 = time.perf_counter() - t0, time.process_time() - c0, busy_cpu_seconds()
+            others = None if b0 is None else max(0., (b1 - b0) - cpu) / (dt * os.cpu_count())
+            counted = (max_others is None or others is None or others <= max_others) and len(ts[k]) < rounds
+            log.append(dict(round=r, step=k, seconds=dt, cpu_seconds=cpu, page_faults=minor_faults() - f0,
+                            others_cpu_share=others, counted=counted))
+            if counted: ts[k].append(dt)
+    return ts, log
+
+
+def median(xs): return sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
+
+
+def op_table(step, iters:int=2, top:int=25) -> dict:
+    "Profiler self CPU time (ms per step) and calls per step of each aten op, for a side-by-side table."
+    from torch.profiler import profile, ProfilerActivity
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters): step()
+    return {e.key: (e.self_cpu_time_total / 1e3 / iters, e.count // iters) for e in prof.key_averages() if e.self_cpu_time_total > 0}
+
+
+def reference_main(a) -> dict:
+    "Our VisualTokenizer against the official VTPModel: same shape and weights, same L1 step, timed interleaved in one process."
+    mods, why = import_official(a.reference)
+    if mods is None: raise ConfigError(f"--reference: the official model code is not importable: {why}")
+    VTPConfig, VTPModel = mods
+    import torch.nn as nn
+    from vtp_nb.vit import VisualTokenizer
+    from vtp_nb.official import official_config_to_ours, official_state_dict_to_ours
+    torch.set_num_threads(a.threads or 2)
+    steady = a.malloc == 'steady' and steady_malloc()
+    ocfg = reference_config(a.image_size)
+    torch.manual_seed(0)
+    official = VTPModel(VTPConfig(**ocfg)).train()
+    sd = official_state_dict_to_ours(official.state_dict())
+    models = {'official': (official, lambda m: (lambda x: m(x, forward_type='rec')['reconstructed_image']))}
+    for rd in a.rope.split(','):                               # our RoPE precision: bfloat16 = the release's, float32 = training
+        vit, _, _ = official_config_to_ours(ocfg, rope_dtype=rd)
+        tok = VisualTokenizer(vit).train()
+        nn.ModuleDict({'tokenizer': tok}).load_state_dict(sd, strict=True)   # the official weights, renamed
+        models[f'ours (rope {rd})'] = (tok, lambda m: m)
+    torch.manual_seed(1)
+    x = torch.rand(a.batch or 8, 3, a.image_size, a.image_size) * 2 - 1
+    res = dict(date=time.strftime('%Y-%m-%d %H:%M:%S %Z'), machine=platform.node(), cpu=platform.processor() or platform.machine(),
+               threads=torch.get_num_threads(), torch=torch.__version__, malloc='steady' if steady else 'default',
+               omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', '(default)'), official_code=str(Path(a.reference).resolve().name),
+               official_config=ocfg, batch=x.shape[0], image_size=a.image_size, rounds=a.iters, repeats=a.repeat,
+               params={k: sum(p.numel() for p in m.parameters()) for k, (m, _) in models.items()})
+    with torch.no_grad():                                      # the same function: outputs agree before any training step
+        ref = models['official'][1](official)(x)
+        res['max_abs_diff_vs_official'] = {k: (f(m)(x) - ref).abs().max().item() for k, (m, f) in models.items() if k != 'official'}
+    steps = {k: l1_step(m, f(m), x) for k, (m, f) in models.items()}
+    res['flops'] = {k: count_flops(s) for k, s in steps.items()}          # also the warm-up step
+    f0 = res['flops']['official']['total']
+    print(f"{res['threads']} threads, torch {res['torch']}, B={res['batch']} at {a.image_size} px, fp32, L1 + AdamW step, "
+          f"{res['malloc']} malloc, OMP_WAIT_POLICY {res['omp_wait_policy']} | {res['date']}")
+    for k in steps:
+        fl = res['flops'][k]
+        print(f"  {k:20s} {res['params'][k] / 1e6:6.2f}M params  {fl['total'] / 1e9:7.2f} GFLOP/step ({(fl['total'] - fl['attention']) / 1e9:.2f} "
+              f"without attention; {fl['total'] / f0 - 1:+.5%} vs official)"
+              + (f"  max |out - official| {res['max_abs_diff_vs_official'][k]:.1e}" if k != 'official' else ''))
+    assert all(abs(v['total'] / f0 - 1) < 1e-4 for v in res['flops'].values()), "the compared steps do not do the same FLOPs"
+    for k, s in steps.items(): s()                                            # second warm-up step
+    res['runs'] = []
+    for rep in range(a.repeat):
+        load0 = os.getloadavg()
+        ts, log = interleaved(steps, a.iters, a.max_others)
+        run = dict(load_avg_before=[round(v, 2) for v in load0], load_avg_after=[round(v, 2) for v in os.getloadavg()],
+                   calls=log, seconds=ts, median_s={k: median(v) if v else None for k, v in ts.items()})
+        res['runs'].append(run)
+        if a.json: Path(a.json).write_text(json.dumps(res, indent=1))   # after every run: an interrupted session keeps its data
+        shares = [c['others_cpu_share'] for c in log if c['others_cpu_share'] is not None]
+        print(f"run {rep + 1}/{a.repeat}: {1 + log[-1]['round']} interleaved rounds, load average {run['load_avg_before']} -> "
+              f"{run['load_avg_after']}" + (f"; other processes used {min(shares):.0%}-{max(shares):.0%} of the CPUs during a step" if shares else '')
+              + (f", {sum(not c['counted'] for c in log)} of {len(log)} steps not counted (> {a.max_others:.0%} or surplus)" if a.max_others is not None else ''))
+        if any(len(v) < a.iters for v in ts.values()):
+            print(f"  fewer than {a.iters} counted steps for {[k for k, v in ts.items() if len(v) < a.iters]}: the machine was too busy; no ratio")
+            continue
+        t_off = run['median_s']['official']
+        run['speed_vs_official'] = {k: t_off / v for k, v in run['median_s'].items() if k != 'official'}
+        counted = lambda k, f: [c[f] for c in log if c['step'] == k and c['counted']]
+        run['median_cpu_s'] = {k: median(counted(k, 'cpu_seconds')) for k in ts}
+        run['median_page_faults'] = {k: median(counted(k, 'page_faults')) for k in ts}
+        run['cpu_time_speed_vs_official'] = {k: run['median_cpu_s']['official'] / v for k, v in run['median_cpu_s'].items() if k != 'official'}
+        for k, v in ts.items():
+            extra = '' if k == 'official' else (f"  speed vs official {run['speed_vs_official'][k]:.3f}x "
+                                                f"(by CPU time {run['cpu_time_speed_vs_official'][k]:.3f}x)")
+            print(f"  {k:20s} median {run['median_s'][k]:6.2f} s/step  ({res['flops'][k]['total'] / run['median_s'][k] / 1e9:5.1f} GFLOP/s, "
+                  f"{run['median_cpu_s'][k]:5.2f} CPU-s, {run['median_page_faults'][k]:6.0f} page faults)  "
+                  f"steps {' '.join(f'{t:.2f}' for t in v)}{extra}")
+    if a.profile:                                              # where the time goes, op by op (profiler self time)
+        tabs = {k: op_table(s) for k, s in steps.items()}
+        res['op_ms_per_step'] = {k: {op: v[0] for op, v in t.items()} for k, t in tabs.items()}
+        keys = sorted(set().union(*tabs.values()), key=lambda op: -max(t.get(op, (0, 0))[0] for t in tabs.values()))[:30]
+        print('profile (self CPU ms per step / calls per step):\n  ' + f"{'op':44s}" + ''.join(f"{k[:20]:>22s}" for k in tabs))
+        for op in keys:
+            print(f"  {op[:44]:44s}" + ''.join(f"{t.get(op, (0, 0))[0]:12.1f} ms {t.get(op, (0, 0))[1]:5d}x" for t in tabs.values()))
+        print(f"  {'total':44s}" + ''.join(f"{sum(v[0] for v in t.values()):12.1f} ms       " for t in tabs.values()))
+    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
 def check_args(a):
     "Refuse bad arguments before anything is measured (`ConfigError`: one `error:` line, exit status 2)."
     if a.device == 'cuda' and not torch.cuda.is_available(): raise ConfigError('--device cuda: no CUDA device here')
@@ -185,8 +361,20 @@ def measure(argv=None) -> dict:
     ap.add_argument('--json', default=None, help='also write the numbers to this JSON file')
     ap.add_argument('--width', type=int, default=None, help='widen the tokenizer (encoder and decoder), e.g. 256 = the issue reference size')
     ap.add_argument('--profile', action='store_true', help='also break the VTP step down by op category (time share, FLOP/s)')
+    ap.add_argument('--reference', default=None, metavar='PATH',
+                    help='compare our VisualTokenizer with the official VTPModel from a MiniMax-AI/VTP checkout at PATH '
+                         '(S-f16d64, 4-block decoder, L1 step, fp32, CPU; default 2 threads, --iters interleaved rounds)')
+    ap.add_argument('--rope', default='bfloat16,float32', help="--reference: our RoPE precision(s) to time ('bfloat16' = the release's)")
+    ap.add_argument('--repeat', type=int, default=2, help='--reference: independent interleaved runs (stability)')
+    ap.add_argument('--image-size', type=int, default=256, help='--reference: image side in pixels')
+    ap.add_argument('--malloc', default='steady', choices=['steady', 'default'],
+                    help="--reference: 'steady' asks glibc to keep freed memory, so page faults do not depend on which model ran before")
+    ap.add_argument('--max-others', type=float, default=None,
+                    help='--reference: do not count a step during which other processes used more than this share of the CPUs (e.g. 0.05); '
+                         'rounds go on until each model has --iters counted steps (at most 4x --iters rounds)')
     a = ap.parse_args(argv)
     check_args(a)
+    if a.reference: return reference_main(a)
     dev = torch.device(a.device)
     if dev.type == 'cpu':
         n = a.threads or int(os.environ.get('OMP_NUM_THREADS', 0)) or os.cpu_count()

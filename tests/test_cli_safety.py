@@ -94,6 +94,7 @@ BAD = [
     (B.main, ['--variants', 'ae,vtpp'], "--variants: 'vtpp' is unknown: choose from ae, clip_ae, ssl_ae, vtp"),
     (B.main, ['--batch', '0'], '--batch 0: must be >= 1'),
     (B.main, ['--iters', 'x'], "argument --iters: invalid int value: 'x'"),
+    (B.main, ['--reference', 'no_such_checkout'], 'has no vtp/models/vtp_hf/ (expected a checkout of github.com/MiniMax-AI/VTP)'),
 ]
 
 @pytest.mark.parametrize('main,argv,msg', BAD, ids=[f'{m.__module__.split(".")[-1]}-{i}' for i, (m, a, _) in enumerate(BAD)])

@@ -648,6 +648,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'vtp_nb.vit.encoder_hash': ('vit.html#encoder_hash', 'vtp_nb/vit.py'),
                             'vtp_nb.vit.load_tokenizer': ('vit.html#load_tokenizer', 'vtp_nb/vit.py'),
                             'vtp_nb.vit.rope_2d_sincos': ('vit.html#rope_2d_sincos', 'vtp_nb/vit.py'),
+                            'vtp_nb.vit.rope_tables': ('vit.html#rope_tables', 'vtp_nb/vit.py'),
                             'vtp_nb.vit.rotate_half': ('vit.html#rotate_half', 'vtp_nb/vit.py'),
                             'vtp_nb.vit.save_tokenizer': ('vit.html#save_tokenizer', 'vtp_nb/vit.py'),
                             'vtp_nb.vit.swiglu_hidden': ('vit.html#swiglu_hidden', 'vtp_nb/vit.py'),

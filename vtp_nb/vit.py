@@ -17,8 +17,8 @@ from .checkpoint import save_checkpoint, load_checkpoint, checkpoint_path, Check
 
 # %% auto #0
 __all__ = ['vit_tiny', 'vit_small_f8d32', 'vit_small_f4d16', 'vit_S', 'vit_B', 'vit_L', 'VIT_SIZES', 'swiglu_hidden', 'ViTConfig',
-           'rope_2d_sincos', 'rotate_half', 'apply_rope', 'Attention', 'Block', 'PixelDecoder', 'VisualTokenizer',
-           'save_tokenizer', 'tokenizer_from_checkpoint', 'encoder_hash', 'load_tokenizer']
+           'rope_2d_sincos', 'rotate_half', 'rope_tables', 'apply_rope', 'Attention', 'Block', 'PixelDecoder',
+           'VisualTokenizer', 'save_tokenizer', 'tokenizer_from_checkpoint', 'encoder_hash', 'load_tokenizer']
 
 # %% ../nbs/05_vit.ipynb #b10fe88c
 def swiglu_hidden(width:int, # token width D
@@ -126,15 +126,25 @@ def rotate_half(x:torch.Tensor # (..., Dh)
     x1, x2 = x.chunk(2, -1)
     return torch.cat([-x2, x1], -1)
 
+def rope_tables(sin:torch.Tensor, # (N - n_prefix, Dh) from `rope_2d_sincos`
+                cos:torch.Tensor, # (N - n_prefix, Dh)
+                n_prefix:int=0 # leading tokens without a position (cls)
+               ) -> tuple:
+    "(sin', cos') over all N tokens: rotate_half's minus sign moved into sin', prefix rows sin' = 0, cos' = 1."
+    half = sin.shape[-1] // 2
+    sin = torch.cat([-sin[..., :half], sin[..., half:]], -1)                       # (N - n_prefix, Dh)
+    return F.pad(sin, (0, 0, n_prefix, 0)), F.pad(cos, (0, 0, n_prefix, 0), value=1.)  # each (N, Dh)
+
 def apply_rope(x:torch.Tensor, # (..., N, Dh) queries or keys
                sin:torch.Tensor, # (N - n_prefix, Dh)
                cos:torch.Tensor, # (N - n_prefix, Dh)
                n_prefix:int=0 # leading tokens without a position (cls)
               ) -> torch.Tensor:
     "Rotate the last N - n_prefix tokens of `x`, in the tables' dtype; prefix tokens are left alone."
-    xr = x.to(sin.dtype)                                                           # the official code casts all of q/k
-    rot = xr[..., n_prefix:, :] * cos + rotate_half(xr[..., n_prefix:, :]) * sin  # (..., N - n_prefix, Dh)
-    return torch.cat([xr[..., :n_prefix, :], rot], -2).to(x.dtype)                 # (..., N, Dh)
+    s, c = rope_tables(sin, cos, n_prefix)                                         # (N, Dh) each
+    xr = x.to(s.dtype)                                                             # the official code casts all of q/k
+    x1, x2 = xr.chunk(2, -1)                                                       # (..., N, Dh/2) each
+    return (xr * c + torch.cat([x2, x1], -1) * s).to(x.dtype)                      # (..., N, Dh)
 
 # %% ../nbs/05_vit.ipynb #45a0952d
 class Attention(nn.Module):
@@ -151,7 +161,8 @@ class Attention(nn.Module):
                 rope:tuple|None=None, # (sin, cos) tables for the last N - n_prefix tokens
                 n_prefix:int=0 # leading tokens without RoPE
                ) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), 'b n (three h e) -> three b h n e', three=3, h=self.heads)  # each (B, h, N, Dh)
+        qkv = rearrange(self.qkv(x), 'b n (three h e) -> b n three h e', three=3, h=self.heads)  # (B, N, 3, h, Dh)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))                      # each (B, h, N, Dh), views
         if rope is not None: q, k = apply_rope(q, *rope, n_prefix), apply_rope(k, *rope, n_prefix)
         o = F.scaled_dot_product_attention(q, k, v)                                 # (B, h, N, Dh)
         return self.proj(rearrange(o, 'b h n e -> b n (h e)'))                      # (B, N, D)
