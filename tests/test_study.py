@@ -4,14 +4,14 @@ os.environ['HF_HUB_OFFLINE'] = '1'
 from pathlib import Path
 import pytest, torch
 from vtp_nb.config import apply_overrides, ConfigError
-from vtp_nb.study import (STUDY_PRESETS, MAIN_VARIANTS, SCALING_VARIANTS, HEADLINE_LABELS, study_jobs, run_study,
+from vtp_nb.study import (format_gan, STUDY_PRESETS, MAIN_VARIANTS, SCALING_VARIANTS, HEADLINE_LABELS, study_jobs, run_study,
                           tokenizer_config, format_table)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
 # the tiny preset, shrunk further: 3 budgets, no lambda_rec sweep point, small evaluation sets
 FAST = ['main_steps=2', 'budgets=1,2,3', 'extra=[]', 'eval.n_train=200', 'eval.n_val=50', 'eval.n_gen=20', 'dit.train.steps=3',
-        'stage2_steps=2', 'data_sizes=40', "routing=[('vtp', 2)]", 'widths=32']
+        'stage2_steps=2', 'data_sizes=40', "routing=[('vtp', 2)]", 'widths=32', "gan=['vtp@2']"]
 
 def fast(): return apply_overrides(STUDY_PRESETS['tiny'](), FAST)
 
@@ -43,6 +43,12 @@ def test_cpu_preset_is_a_matched_compute_study():
     for v in SCALING_VARIANTS:
         for k in p.data_sizes: assert jobs[f"{v}@{p.main_steps},n{k}"]['max_images'] == k
     assert {c.data.max_images for c in cfgs} == {0} | set(p.data_sizes)
+
+
+def test_gan_arm_must_name_a_job(tmp_path):
+    with pytest.raises(ConfigError, match="gan: 'vtp@9' is not a job of this study: choose from"):
+        run_study(apply_overrides(fast(), ["gan=['vtp@9']"]), tmp_path/'s', log=lambda s: None)
+    assert not (tmp_path/'s').exists()                  # refused before anything was written
 
 
 def test_bad_override_names_the_field():
@@ -79,6 +85,14 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
         for m in run['report']['reconstruction'] + run['report']['generation']:
             if 'FID' in m['name']: assert m['space'] == 'ref-cls' and 'ref-cls' in m['label']
     assert {m['space'] for m in on_disk['floors']} == {'pixels', 'random-init latent-mean', 'random-init pre-mean', 'random-init pre-cls'}
+    # the GAN arm: a second stage-2 decoder with the GAN term, and the job's DiT samples decoded by both
+    g = on_disk['gan_arm']['vtp@2']
+    assert set(g['decoders']) == {'L1', 'GAN'} and (tmp_path/'jobs'/'vtp_2'/'stage2_gan'/'ckpt.pt').exists()
+    L1, G = g['decoders']['L1'], g['decoders']['GAN']
+    for k in ('PSNR', 'rFID', 'gFID cfg1', 'gFID cfg2', 'gen class acc cfg2'):   # the same decoder on the same samples: the same numbers
+        assert L1[k] == h[f'{k} stage2' if k in ('PSNR', 'rFID') else k], k
+    assert G['PSNR'] != L1['PSNR'] and G['gFID cfg2'] != L1['gFID cfg2']        # the GAN term changed the decoder
+    assert 'vtp@2 GAN' in format_gan(on_disk)
     # resume: a second call finds every stage's outputs and only re-assembles
     t0 = time.time()
     with pytest.raises(ConfigError, match='already holds a study: pass --resume'): run_study(fast(), tmp_path, log=lambda s: None)

@@ -20,14 +20,16 @@ from .train import train
 from .stage2 import Stage2RunConfig, train_stage2
 from .latents import extract_latents
 from .dit import DiTRunConfig, dit_config, train_dit, load_dit
-from .evaluate import EvalConfig, evaluate_tokenizer, floor_probes, headline, load_for_eval
+from .evaluate import EvalConfig, evaluate_tokenizer, floor_probes, headline, load_for_eval, reconstruction, generation
+from .metrics import resolve_fid_space
 from .engine import RunStopped
 
 # %% auto #0
 __all__ = ['STUDY_PRESETS', 'MAIN_VARIANTS', 'SCALING_VARIANTS', 'VARIANT_NAMES', 'STEP_COST', 'HEADLINE_LABELS', 'StudyConfig',
-           'study_jobs', 'tokenizer_config', 'job_dir', 'tokenizer_stages', 'run_job', 'run_floors', 'guidance_scale',
-           'plot_scaling', 'plot_chain', 'rank_correlation', 'plot_understanding_vs_generation', 'plot_samples',
-           'collect', 'prepare_study_out', 'run_study', 'format_table', 'main']
+           'study_jobs', 'tokenizer_config', 'job_dir', 'stage2_config', 'tokenizer_stages', 'run_job', 'run_floors',
+           'run_gan', 'guidance_scale', 'plot_scaling', 'plot_chain', 'rank_correlation',
+           'plot_understanding_vs_generation', 'plot_samples', 'collect', 'prepare_study_out', 'run_study',
+           'format_table', 'format_gan', 'main']
 
 # %% ../nbs/23_study.ipynb #7b04b1a8
 @dataclass
@@ -49,6 +51,9 @@ class StudyConfig:
     stage2_steps:int=300           # stage 2 of every tokenizer: decoder fine-tuned on L1, encoder frozen
     stage2_batch:int=128
     stage2_lr:float=3e-4
+    gan:tuple=()                   # jobs whose stage-2 decoder is trained a second time with the GAN term (preset `all`: AE and VTP at main_steps)
+    gan_start:int=100              # the GAN arm's first discriminator step (of stage2_steps); L1 alone before it
+    gan_layers:int=2               # PatchGAN stride-2 layers (2: 8x8 logits on 32 px images)
     dit:DiTRunConfig=field(default_factory=lambda: apply_overrides(dit_config('cpu'), ['train.progress=false']))   # the sweep's recipe
     eval:EvalConfig=field(default_factory=lambda: EvalConfig(n_gen=500, cfg_scales=(1.0, dit_config('cpu').sample.cfg_scale),
                                                              kid=False, floors=False))   # the recipe's sampler; CFG off and the recipe's scale
@@ -58,6 +63,7 @@ class StudyConfig:
 def _tiny() -> StudyConfig:
     return StudyConfig(preset='tiny', model='tiny', batch_size=32, batch_ssl=8, batch_rec=16, main_steps=4, budgets=(2, 4, 8),
                        extra=(('vtp', 4, 1.0),), data_sizes=(60,), routing=(('vtp', 4),), stage2_steps=4, stage2_batch=32,
+                       gan=('vtp@4',), gan_start=1,
                        dit=apply_overrides(dit_config('cpu'), ['train.steps=6', 'train.batch_size=32', 'optim.lr=5e-4',
                                                                'train.log_every=2', 'train.progress=false']),
                        eval=EvalConfig(n_train=300, n_val=100, n_gen=40, sample_steps=4, cfg_scales=(1.0, 2.0), kid=False, floors=False),
@@ -68,8 +74,8 @@ def _quick() -> StudyConfig:
     return StudyConfig(preset='quick', variants=('ae', 'vtp'), budgets=(120, 400))
 
 def _all() -> StudyConfig:
-    "Every arm: the `cpu` preset plus the lambda_rec point, data scaling and the routing ablation (widths stay opt-in)."
-    return StudyConfig(preset='all', extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500), routing=(('vtp', 400),))
+    "Every arm: the `cpu` preset plus the lambda_rec point, data scaling, the routing ablation and the GAN arm (widths stay opt-in)."
+    return StudyConfig(preset='all', extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500), routing=(('vtp', 400),), gan=('ae@400', 'vtp@400'))
 
 STUDY_PRESETS = {'tiny': _tiny, 'quick': _quick, 'cpu': StudyConfig, 'all': _all}   # tiny: tests; quick: the headline; cpu: the default
 MAIN_VARIANTS = ('ae', 'clip_ae', 'ssl_ae', 'vtp')   # the paper's four tokenizers
@@ -125,16 +131,19 @@ def _stage(folder:Path, steps:int, fn, cfg, *args, **kw) -> float:
         raise RunStopped(f"stopped by a signal with a checkpoint in {folder}: continue with the same command and --resume")
     return time.time() - t0
 
+def stage2_config(p:StudyConfig, out:Path, name:str='stage2', sets:list=()) -> Stage2RunConfig:
+    "Stage 2 of the tokenizer in `out/tok`, into `out/name`: the decoder fine-tuned on L1 (plus `sets`, e.g. the GAN arm's)."
+    return apply_overrides(Stage2RunConfig(), [f'tokenizer={out/"tok"}', f'train.steps={p.stage2_steps}', f'train.batch_size={p.stage2_batch}',
+                                               f'optim.lr={p.stage2_lr}', f'train.seed={p.seed}', f'train.out_dir={out/name}',
+                                               'train.progress=false', 'train.threads=1', f'train.ckpt_every={p.stage2_steps}', *sets])
+
 def tokenizer_stages(job:dict, p:StudyConfig, out:Path, log) -> dict:
     "The tokenizer, its stage-2 decoder and its latents in `out` (finished stages skipped); returns their seconds."
     T = {}
     tc = tokenizer_config(p, job['variant'], job['steps'], out/'tok', job.get('lambda_rec'), job.get('max_images', 0),
                           job.get('bottleneck_ae_only', True), job.get('width'))
     T['tokenizer'] = _stage(out/'tok', job['steps'], train, tc, log=log)
-    s2 = apply_overrides(Stage2RunConfig(), [f'tokenizer={out/"tok"}', f'train.steps={p.stage2_steps}', f'train.batch_size={p.stage2_batch}',
-                                             f'optim.lr={p.stage2_lr}', f'train.seed={p.seed}', f'train.out_dir={out/"stage2"}',
-                                             'train.progress=false', 'train.threads=1', f'train.ckpt_every={p.stage2_steps}'])
-    T['stage2'] = _stage(out/'stage2', p.stage2_steps, train_stage2, s2, log=log)
+    T['stage2'] = _stage(out/'stage2', p.stage2_steps, train_stage2, stage2_config(p, out, 'stage2'), log=log)
     t0 = time.time()
     if not (out/'latents'/'latent_stats.json').exists():
         extract_latents(load_tokenizer(out/'tok'), load_data_small('train'), out/'latents', flip=True, pbar=False, tokenizer_path=str(out/'tok'))
@@ -181,6 +190,35 @@ def run_floors(p:StudyConfig, root:str) -> list:
     out = [r.as_dict() for r in floor_probes(VIT_SIZES[p.model](), load_data_small('train'), load_data_small('val'), replace(p.eval, seed=p.seed))]
     atomic_write_text(json.dumps(out, indent=1), path)
     return out
+
+# %% ../nbs/23_study.ipynb #bccb57de
+def run_gan(name:str, # a finished job of the study
+            p:StudyConfig, root:str) -> dict:
+    "The GAN arm of one job: stage 2 again with the GAN term from `gan_start`; the job's DiT decoded by the L1 and the GAN decoder."
+    torch.set_num_threads(1)
+    out = Path(root)/'jobs'/job_dir(name)
+    if (out/'gan.json').exists(): return json.loads((out/'gan.json').read_text())
+    with open(out/'log.txt', 'a') as logf:
+        def log(s): logf.write(f'[{time.strftime("%H:%M:%S")}] {s}\n'); logf.flush()
+        s2 = stage2_config(p, out, 'stage2_gan', [f'loss.disc_start={p.gan_start}', f'loss.disc_layers={p.gan_layers}'])
+        T = {'stage2 gan': _stage(out/'stage2_gan', p.stage2_steps, train_stage2, s2, log=log)}
+        t0, ev = time.time(), replace(p.eval, seed=p.seed)
+        space = resolve_fid_space(ev.fid_space, ev.inception or None)
+        decs = {'L1': load_tokenizer(out/'stage2'), 'GAN': load_tokenizer(out/'stage2_gan')}
+        rec, _ = reconstruction(decs, load_data_small('val'), ev, space)
+        dit, train_set, w = load_dit(out/'dit'), load_data_small('train'), max(ev.cfg_scales)
+        res = {}
+        for k, dec in decs.items():
+            hl = headline(dict(understanding=[], reconstruction=[m.as_dict() for m in rec if m.note.startswith(f'{k} decoder')],
+                               generation=generation(dit, dec, train_set, ev, space)[0]))
+            hl = {n.replace(f' {k}', ''): v for n, v in hl.items() if v is not None}
+            res[k] = dict(hl, **{f'{m} guided': hl.get(f'{m} cfg{w:g}') for m in ('gFID', 'gen class acc')})
+        T['eval'] = time.time() - t0
+        g = dict(name=name, gan_start=p.gan_start, gan_layers=p.gan_layers, stage2_steps=p.stage2_steps, decoders=res,
+                 seconds={k: round(v, 1) for k, v in T.items()})
+        atomic_write_text(json.dumps(g, indent=1), out/'gan.json')
+        log('gan arm done')
+    return g
 
 # %% ../nbs/23_study.ipynb #372902c4
 HEADLINE_LABELS = {
@@ -307,7 +345,7 @@ def _machine() -> dict:
     return dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
                 load_avg=[round(x, 2) for x in os.getloadavg()], date=time.strftime('%Y-%m-%d %H:%M:%S %Z'))
 
-def collect(p:StudyConfig, root, jobs:list, done:dict, floors:list, meta:dict) -> dict:
+def collect(p:StudyConfig, root, jobs:list, done:dict, floors:list, meta:dict, gan:dict|None=None) -> dict:
     "Assemble results.json: per-run details, the main table, the budget and data scaling series and the floors."
     H = {n: r['headline'] for n, r in done.items()}
     ms = p.main_steps
@@ -327,7 +365,7 @@ def collect(p:StudyConfig, root, jobs:list, done:dict, floors:list, meta:dict) -
     return dict(meta=meta, labels=HEADLINE_LABELS, floors=floors, main={k: v for k, v in main.items() if v is not None},
                 scaling=scaling, data_scaling=data if p.data_sizes else {}, param_scaling=params if p.widths else {},
                 lambda_rec_sweep={k: v for k, v in extra.items() if v is not None},
-                routing_ablation={k: v for k, v in route.items() if v is not None}, runs=done)
+                routing_ablation={k: v for k, v in route.items() if v is not None}, gan_arm=gan or {}, runs=done)
 
 def prepare_study_out(root:Path, resume:bool, overwrite:bool) -> Path|None:
     "Refuse a folder that holds a study unless resuming or overwriting; an overwritten study is set aside until the new one finishes."
@@ -343,7 +381,9 @@ def run_study(p:StudyConfig, # from `STUDY_PRESETS` (and `--set`)
               out:str='runs/study', # run folder: jobs/<name>/..., results.json, figures
               resume:bool=False, overwrite:bool=False, log=print) -> dict:
     "Run (or resume) the whole study and write results.json and the figures; returns the results dict."
-    root = Path(out)
+    root, names = Path(out), [j['name'] for j in study_jobs(p)]
+    unknown = [n for n in p.gan if n not in names]
+    if unknown: raise ConfigError(f"gan: {', '.join(map(repr, unknown))} is not a job of this study: choose from {', '.join(names)}")
     old = prepare_study_out(root, resume, overwrite)
     root.mkdir(parents=True, exist_ok=True)
     jobs, t0 = study_jobs(p), time.time()
@@ -352,10 +392,11 @@ def run_study(p:StudyConfig, # from `STUDY_PRESETS` (and `--set`)
                 jobs=[j['name'] for j in jobs])
     atomic_write_text(json.dumps(meta, indent=1), root/'plan.json')
     log(f"study preset={p.preset}: {len(jobs)} tokenizers ({', '.join(j['name'] for j in jobs)}), {p.workers} worker(s) -> {root}")
-    done, floors = {}, None
+    done, floors, gan = {}, None, {}
     if p.workers == 1:
         floors = run_floors(p, str(root))
         for j in progress_bar(jobs): done[j['name']] = run_job(j, p, str(root))
+        for n in p.gan: gan[n] = run_gan(n, p, str(root))
     else:
         import concurrent.futures as cf, multiprocessing as mp
         with cf.ProcessPoolExecutor(p.workers, mp_context=mp.get_context('spawn')) as ex:
@@ -364,9 +405,11 @@ def run_study(p:StudyConfig, # from `STUDY_PRESETS` (and `--set`)
             for f in progress_bar(cf.as_completed(futs), total=len(futs)):
                 done[futs[f]] = f.result(); log(f"  {futs[f]} done ({time.time() - t0:.0f} s)")
             floors = ff.result()
+            futs = {ex.submit(run_gan, n, p, str(root)): n for n in p.gan}          # after the jobs: each needs its job's DiT
+            for f in cf.as_completed(futs): gan[futs[f]] = f.result(); log(f"  GAN arm of {futs[f]} done ({time.time() - t0:.0f} s)")
     done = {j['name']: done[j['name']] for j in jobs if j['name'] in done}
     meta.update(seconds=round(time.time() - t0, 1), machine_end=_machine())
-    res = collect(p, root, jobs, done, floors, meta)
+    res = collect(p, root, jobs, done, floors, meta, {n: gan[n] for n in p.gan if n in gan})
     res['meta']['figures'] = []
     figs = [('scaling.png', lambda pth: plot_scaling(res, pth)), ('chain.png', lambda pth: plot_chain(res, pth)),
             ('samples.png', lambda pth: plot_samples(root, res, pth)),
@@ -396,6 +439,14 @@ def format_table(results:dict, keys=('zero-shot top-1', 'probe latent-mean', 'pr
     lines += [f'{k:<{w}s}' + ''.join(f'{fmt(k, runs[n].get(k)):>14s}' for n in names) for k in keys]
     return '\n'.join(lines)
 
+def format_gan(results:dict, keys=('PSNR', 'rFID', 'recon class acc', 'gFID cfg1', 'gen class acc cfg1', 'gFID guided', 'gen class acc guided')) -> str:
+    "The GAN arm as text: per job, the L1 and the GAN stage-2 decoder on the same reconstructions and the same DiT samples."
+    fmt = lambda k, v: '-' if v is None else (f'{v:.1%}' if 'acc' in k else f'{v:.2f}')
+    lines = [f"{'':22s}" + ''.join(f'{k:>22s}' for k in keys)]
+    for n, g in results.get('gan_arm', {}).items():
+        lines += [f'{n + " " + d:22s}' + ''.join(f'{fmt(k, h.get(k)):>22s}' for k in keys) for d, h in g['decoders'].items()]
+    return '\n'.join(lines)
+
 def _main(argv):
     ap = argparse.ArgumentParser(prog='python -m vtp_nb.study', description='The small-scale VTP study on data_small.')
     ap.add_argument('--preset', default='cpu', help=f"one of {', '.join(STUDY_PRESETS)}")
@@ -411,6 +462,7 @@ def _main(argv):
     res = run_study(p, a.out or f'runs/study_{a.preset}', a.resume, a.overwrite)
     for sec in ('main', 'scaling', 'lambda_rec_sweep', 'routing_ablation'):
         if res.get(sec): print(f'\n{sec}:'); print(format_table(res, section=sec))
+    if res.get('gan_arm'): print('\nGAN arm (stage-2 decoder with and without the GAN term, same DiT samples):'); print(format_gan(res))
     return 0
 
 def main(argv=None) -> int:
