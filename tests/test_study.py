@@ -99,6 +99,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     res2 = run_study(fast(), tmp_path, resume=True, log=lambda s: None)
     assert time.time() - t0 < first / 2
     assert res2['main'] == json.loads(json.dumps(res['main']))
+    inv = res2['meta']['invocations']                     # the first run's wall time is kept, the resume's added
+    assert len(inv) == 2 and inv[0]['seconds'] == on_disk['meta']['seconds'] and inv[1]['seconds'] == res2['meta']['seconds']
     assert 'vtp@2' in format_table(res2)
 
 

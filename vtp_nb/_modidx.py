@@ -552,6 +552,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'vtp_nb.study.plot_understanding_vs_generation': ( 'study.html#plot_understanding_vs_generation',
                                                                                  'vtp_nb/study.py'),
                               'vtp_nb.study.prepare_study_out': ('study.html#prepare_study_out', 'vtp_nb/study.py'),
+                              'vtp_nb.study.previous_invocations': ('study.html#previous_invocations', 'vtp_nb/study.py'),
                               'vtp_nb.study.rank_correlation': ('study.html#rank_correlation', 'vtp_nb/study.py'),
                               'vtp_nb.study.run_floors': ('study.html#run_floors', 'vtp_nb/study.py'),
                               'vtp_nb.study.run_gan': ('study.html#run_gan', 'vtp_nb/study.py'),

@@ -28,8 +28,8 @@ from .engine import RunStopped
 __all__ = ['STUDY_PRESETS', 'MAIN_VARIANTS', 'SCALING_VARIANTS', 'VARIANT_NAMES', 'STEP_COST', 'HEADLINE_LABELS', 'StudyConfig',
            'study_jobs', 'tokenizer_config', 'job_dir', 'stage2_config', 'tokenizer_stages', 'run_job', 'run_floors',
            'run_gan', 'guidance_scale', 'plot_scaling', 'plot_chain', 'rank_correlation',
-           'plot_understanding_vs_generation', 'plot_samples', 'collect', 'prepare_study_out', 'run_study',
-           'format_table', 'format_gan', 'main']
+           'plot_understanding_vs_generation', 'plot_samples', 'collect', 'previous_invocations', 'prepare_study_out',
+           'run_study', 'format_table', 'format_gan', 'main']
 
 # %% ../nbs/23_study.ipynb #7b04b1a8
 @dataclass
@@ -367,6 +367,13 @@ def collect(p:StudyConfig, root, jobs:list, done:dict, floors:list, meta:dict, g
                 lambda_rec_sweep={k: v for k, v in extra.items() if v is not None},
                 routing_ablation={k: v for k, v in route.items() if v is not None}, gan_arm=gan or {}, runs=done)
 
+def previous_invocations(root:Path) -> list:
+    "What earlier invocations of a resumed study recorded in its results.json (`meta.invocations`), so that none of its wall times is lost."
+    try: m = json.loads((root/'results.json').read_text())['meta']
+    except (OSError, ValueError, KeyError): return []
+    return m.get('invocations') or [dict(preset=m.get('preset'), jobs=len(m.get('jobs', [])), seconds=m.get('seconds'),
+                                         workers=m.get('workers'), start=m.get('machine_start'), end=m.get('machine_end'))]
+
 def prepare_study_out(root:Path, resume:bool, overwrite:bool) -> Path|None:
     "Refuse a folder that holds a study unless resuming or overwriting; an overwritten study is set aside until the new one finishes."
     if resume or not (root/'plan.json').exists(): return None
@@ -409,6 +416,8 @@ def run_study(p:StudyConfig, # from `STUDY_PRESETS` (and `--set`)
             for f in cf.as_completed(futs): gan[futs[f]] = f.result(); log(f"  GAN arm of {futs[f]} done ({time.time() - t0:.0f} s)")
     done = {j['name']: done[j['name']] for j in jobs if j['name'] in done}
     meta.update(seconds=round(time.time() - t0, 1), machine_end=_machine())
+    meta['invocations'] = previous_invocations(root) + [dict(preset=p.preset, jobs=len(jobs), seconds=meta['seconds'], workers=p.workers,
+                                                             start=meta['machine_start'], end=meta['machine_end'])]
     res = collect(p, root, jobs, done, floors, meta, {n: gan[n] for n in p.gan if n in gan})
     res['meta']['figures'] = []
     figs = [('scaling.png', lambda pth: plot_scaling(res, pth)), ('chain.png', lambda pth: plot_chain(res, pth)),
