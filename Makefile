@@ -24,7 +24,8 @@ demo: install
 test: install
 	$(VPY) scripts/run_tests.py
 
-# re-execute every notebook in a real kernel (slow cells off) and keep its outputs, then strip metadata (nbdev-clean)
+# re-execute every notebook (or just NB=nbs/23_study.ipynb ...) in a real kernel (slow cells off) and keep its outputs,
+# then strip metadata (nbdev-clean)
 outputs: install
-	VTP_SAVE_OUTPUTS=1 $(VPY) -c "import sys; sys.path.insert(0, 'scripts'); import run_tests as t; sys.exit(t.run_kernels()[1] > 0)"
+	VTP_SAVE_OUTPUTS=1 $(VPY) -c "import sys; sys.path.insert(0, 'scripts'); import run_tests as t; sys.exit(t.run_kernels(only=sys.argv[1:])[1] > 0)" $(NB)
 	$(VENV)/bin/nbdev-clean

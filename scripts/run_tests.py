@@ -98,11 +98,14 @@ def _kernel_once(fn):
         return fn, f'{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ""}'[:300], time.time() - t0
 
 
-def run_kernels(workers=2):
+def run_kernels(workers=2, only=()):
+    "Run notebooks in real kernels (all of `nbs/`, or the paths in `only`); returns (passed, failed)."
     from concurrent.futures import ProcessPoolExecutor
     os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '1'
     os.environ.pop('VTP_SLOW', None)
-    files = sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    files = [Path(f).resolve() for f in only] or sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
+    missing = [str(f) for f in files if not f.is_file() or f.suffix != '.ipynb']
+    if missing: raise SystemExit(f"not a notebook: {', '.join(missing)}")
     ok = 0
     with ProcessPoolExecutor(workers) as ex:
         for fn, err, secs in ex.map(_one_kernel, files):
