@@ -70,8 +70,9 @@ def _tiny() -> StudyConfig:
                        workers=1)
 
 def _quick() -> StudyConfig:
-    "The headline comparison alone: AE vs VTP at two budgets (the `cpu` preset's settings otherwise)."
-    return StudyConfig(preset='quick', variants=('ae', 'vtp'), budgets=(120, 400))
+    "The headline comparison alone: AE vs VTP at two budgets, with the recipe DiT stopped at half its steps (the `cpu` preset's settings otherwise)."
+    return StudyConfig(preset='quick', variants=('ae', 'vtp'), budgets=(120, 400),
+                       dit=apply_overrides(dit_config('cpu'), ['train.steps=1500', 'train.progress=false']))
 
 def _all() -> StudyConfig:
     "Every arm: the `cpu` preset plus the lambda_rec point, data scaling, the routing ablation and the GAN arm (widths stay opt-in)."
