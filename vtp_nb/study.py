@@ -311,16 +311,16 @@ def plot_understanding_vs_generation(results:dict, path=None, understanding:str=
     import matplotlib.pyplot as plt
     pts = [(n, h[understanding], h[generation]) for n, r in results['runs'].items() for h in [r['headline']]
            if h.get(understanding) is not None and h.get(generation) is not None]
-    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
     for n, u, g in pts:
         v = n.split('@')[0]
         ax.scatter(u, g, s=18, color={'ae': 'tab:blue', 'vtp': 'tab:red', 'clip_ae': 'tab:green', 'ssl_ae': 'tab:orange'}[v])
-        ax.annotate(n, (u, g), fontsize=5, xytext=(2, 2), textcoords='offset points')
+        ax.annotate(n, (u, g), fontsize=6, xytext=(2, 2), textcoords='offset points')
     rho = rank_correlation([u for _, u, _ in pts], [g for *_, g in pts]) if len(pts) > 2 else float('nan')
-    ax.set_xlabel(results['labels'].get(understanding, understanding), fontsize=6); ax.set_ylabel(results['labels'].get(generation, generation), fontsize=6)
-    ax.set_title(f"understanding vs generation, {len(pts)} tokenizers: Spearman rho {rho:.2f}", fontsize=7); ax.tick_params(labelsize=6)
+    ax.set_xlabel(results['labels'].get(understanding, understanding), fontsize=7); ax.set_ylabel(results['labels'].get(generation, generation), fontsize=7)
+    ax.set_title(f"understanding vs generation, {len(pts)} tokenizers: Spearman rho {rho:.2f}", fontsize=8); ax.tick_params(labelsize=7)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=80); plt.close(fig)
+    if path: fig.savefig(path, dpi=100); plt.close(fig)
     return fig, rho
 
 def plot_samples(root, results:dict, path=None):
