@@ -34,14 +34,15 @@ def main():
     tok, s2, lat, dit, smp, ev = (RUN/n for n in ('tokenizer', 'stage2', 'latents', 'dit', 'samples', 'eval'))
     from vtp_nb.dit import dit_config
     w = f"{dit_config('cpu').sample.cfg_scale:g}"           # the recipe's guidance scale; the report also shows CFG 1 (off)
-    short = dict(tok=['--steps', '20'], s2=['--steps', '20'], dit=['--steps', '50'],
+    dit_steps = '50' if QUICK else DIT_STEPS
+    short = dict(tok=['--steps', '20'], s2=['--steps', '20'], dit=['--steps', dit_steps],
                  ev=['--n-train', '1000', '--n-val', '200', '--n-gen', '100', '--cfg-scales', '1', w]) if QUICK else \
-            dict(tok=[], s2=[], dit=['--steps', DIT_STEPS], ev=['--n-gen', '500', '--cfg-scales', '1', w])
+            dict(tok=[], s2=[], dit=['--steps', dit_steps], ev=['--n-gen', '500', '--cfg-scales', '1', w])
     step('1/6 train the VTP tokenizer (scale small)', '-m', 'vtp_nb.train', '--scale', 'small', '--out', tok, '--overwrite', *short['tok'])
     step('2/6 stage 2: fine-tune the pixel decoder, encoder frozen', '-m', 'vtp_nb.stage2', '--tokenizer', tok, '--out', s2,
          '--overwrite', *short['s2'])
     step('3/6 extract latents', '-m', 'vtp_nb.dit', 'extract', '--tokenizer', tok, '--data', 'data_small', '--out', lat)
-    step(f"4/6 train a tiny LightningDiT (preset cpu, {'50' if QUICK else DIT_STEPS} steps)", '-m', 'vtp_nb.dit', 'train', '--latents', lat, '--out', dit, '--overwrite',
+    step(f'4/6 train a tiny LightningDiT (preset cpu, {dit_steps} steps)', '-m', 'vtp_nb.dit', 'train', '--latents', lat, '--out', dit, '--overwrite',
          '--no-progress', *short['dit'])
     step('5/6 sample 8 images per class', '-m', 'vtp_nb.dit', 'sample', '--ckpt', dit, '--tokenizer', s2, '--n-per-class', '8', '--out', smp)
     step('6/6 evaluate tokenizer, stage-2 decoder and DiT', '-m', 'vtp_nb.evaluate', '--ckpt', tok, '--decoder', s2, '--dit', dit,
