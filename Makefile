@@ -27,5 +27,5 @@ test: install
 # re-execute every notebook (or just NB=nbs/23_study.ipynb ...) in a real kernel (slow cells off) and keep its outputs,
 # then strip metadata (nbdev-clean)
 outputs: install
-	VTP_SAVE_OUTPUTS=1 $(VPY) -c "import sys; sys.path.insert(0, 'scripts'); import run_tests as t; sys.exit(t.run_kernels(only=sys.argv[1:])[1] > 0)" $(NB)
+	$(VPY) scripts/run_tests.py --outputs $(NB)
 	$(VENV)/bin/nbdev-clean

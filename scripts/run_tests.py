@@ -7,14 +7,35 @@
    nothing there, so this catches a CLI cell that exits the kernel or a slow cell that is not opt-in (`VTP_SLOW` unset).
 3. `pytest tests/`, two worker processes (pytest-xdist) with one thread each.
 The last line is `N passed, N failed`, counting notebooks and pytest tests together.
+
+Everything the run writes to temporary folders (the notebooks' scratch runs, pytest's `tmp_path`: about 2 GB) goes to
+one folder that is deleted when every check passed and kept, with its path printed, when one failed.
+
+`run_tests.py --outputs [NB ...]` (`make outputs`): re-execute notebooks in a kernel and keep their outputs.
 """
-import hashlib, os, subprocess, sys, tempfile, time, xml.etree.ElementTree as ET
+import contextlib, hashlib, os, shutil, subprocess, sys, tempfile, time, xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('MPLBACKEND', 'Agg')
+
+
+@contextlib.contextmanager
+def scratch_tmp():
+    "Point TMPDIR (this process and its children) at a fresh folder; yields a dict whose 'keep' the caller sets on failure."
+    old, d = os.environ.get('TMPDIR'), tempfile.mkdtemp(prefix='vtp_nb-test-')
+    os.environ['TMPDIR'], tempfile.tempdir = d, None      # tempfile caches its folder: forget it so gettempdir() is d
+    state = dict(path=d, keep=False)
+    try: yield state
+    except BaseException: state['keep'] = True; raise
+    finally:
+        if old is None: os.environ.pop('TMPDIR', None)
+        else: os.environ['TMPDIR'] = old
+        tempfile.tempdir = None
+        if state['keep']: print(f'  temporary files of this run kept in {d}')
+        else: shutil.rmtree(d, ignore_errors=True)
 
 
 def snapshot():
@@ -63,7 +84,8 @@ def run_notebooks(workers=2):
 def _anonymise(nb):
     "Stored outputs name no folder of the machine they ran on: temporary folders become <tmp>, the kernel's cell files <cell>."
     import re
-    subs = [(re.compile(r'/tmp/ipykernel_\d+/\d+\.py'), '<cell>'), (re.compile(re.escape(tempfile.gettempdir()) + r'/tmp[\w-]+'), '<tmp>'),
+    tmp = '(?:' + re.escape(tempfile.gettempdir()) + '|/tmp)'
+    subs = [(re.compile(tmp + r'/ipykernel_\d+/\d+\.py'), '<cell>'), (re.compile(tmp + r'/tmp[\w-]+'), '<tmp>'),
             (re.compile(re.escape(str(ROOT)) + '/'), '')]
     def fix(t):
         for r, rep in subs: t = r.sub(rep, t)
@@ -85,13 +107,22 @@ def _one_kernel(fn, tries:int=3):
     return fn, err, secs
 
 
+EXPORT_CALL = 'nbdev.nbdev_export()'
+
+
 def _kernel_once(fn):
     import nbformat
     from nbclient import NotebookClient
     t0 = time.time()
     nb = nbformat.read(fn, as_version=4)
+    # Each notebook ends with `nbdev.nbdev_export()`, which rewrites vtp_nb/*.py in place. Two kernels run at once here, so
+    # one would import a module while the other is rewriting it (seen: ImportError). The sync check has already run the
+    # export; here the call is left out of the execution and put back before anything is written.
+    held = [(c, c.source) for c in nb.cells if c.cell_type == 'code' and EXPORT_CALL in c.source]
+    for c, _ in held: c.source = '#| hide\npass  # make test: nbdev-export ran in the sync check'
     try:
         NotebookClient(nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(fn.parent)}}).execute()
+        for c, src in held: c.source = src
         if os.environ.get('VTP_SAVE_OUTPUTS'): nbformat.write(_anonymise(nb), fn)   # `make outputs`: keep what this execution showed
         return fn, None, time.time() - t0
     except Exception as e:
@@ -131,6 +162,20 @@ def run_pytest(workers=2):
 
 
 def main():
+    with scratch_tmp() as scratch: scratch['keep'] = _main()
+    sys.exit(1 if scratch['keep'] else 0)
+
+
+def outputs(names):
+    "`make outputs [NB=...]`: re-execute notebooks in a kernel and keep their outputs; True when one failed."
+    os.environ['VTP_SAVE_OUTPUTS'] = '1'
+    with scratch_tmp() as scratch:
+        scratch['keep'] = run_kernels(only=names)[1] > 0
+    return scratch['keep']
+
+
+def _main():
+    "All checks; returns True when one failed."
     t0 = time.time()
     print('== 1/3 nbdev sync (nbdev-clean, nbdev-export)', flush=True)
     changed = sync_check()
@@ -148,7 +193,9 @@ def main():
     print(f'total time {time.time()-t0:.0f}s; notebooks {nb_pass}+{nb_fail}, kernels {k_pass}+{k_fail}, pytest {py_pass}+{py_fail}, '
           f'sync check {"failed" if changed else "ok"}')
     print(f'{passed} passed, {failed} failed')
-    sys.exit(1 if failed else 0)
+    return failed > 0
 
 
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    if sys.argv[1:2] == ['--outputs']: sys.exit(1 if outputs(sys.argv[2:]) else 0)
+    main()

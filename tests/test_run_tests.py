@@ -19,3 +19,29 @@ def test_anonymise_removes_machine_paths():
                            nbformat.v4.new_output('execute_result', data={'text/plain': f'{ROOT}/nbs/results'}, execution_count=1)]
     out = T._anonymise(nb).cells[0].outputs
     assert out[0]['text'] == 'wrote runs/demo/ckpt.pt\n' and out[1]['data']['text/plain'] == 'nbs/results'
+
+
+def test_scratch_tmp_holds_the_run_and_is_removed_unless_kept(monkeypatch):
+    import subprocess, tempfile
+    monkeypatch.delenv('TMPDIR', raising=False)
+    with T.scratch_tmp() as s:
+        d = Path(s['path'])
+        child = subprocess.run([sys.executable, '-c', 'import tempfile; print(tempfile.mkdtemp())'], capture_output=True, text=True)
+        assert Path(child.stdout.strip()).parent == d and Path(tempfile.mkdtemp()).parent == d
+    assert not d.exists() and 'TMPDIR' not in __import__('os').environ
+    with pytest.raises(RuntimeError):
+        with T.scratch_tmp() as s: d = Path(s['path']); raise RuntimeError('a check crashed')
+    assert d.is_dir()                                   # kept for a look, like a failed run's
+    __import__('shutil').rmtree(d)
+
+
+def test_kernel_run_leaves_out_the_export_call_and_puts_it_back(tmp_path, monkeypatch):
+    # outside an nbdev project nbdev_export() raises, so a run that executed it would fail
+    fn = tmp_path/'t.ipynb'
+    export = '#| hide\nimport nbdev; nbdev.nbdev_export()'
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('print(6 * 7)'), nbformat.v4.new_code_cell(export)]), fn)
+    monkeypatch.setenv('VTP_SAVE_OUTPUTS', '1')
+    _, err, _ = T._kernel_once(fn)
+    assert err is None
+    cells = nbformat.read(fn, as_version=4).cells
+    assert cells[0].outputs[0]['text'] == '42\n' and cells[1].source == export
