@@ -17,7 +17,7 @@ def fast(): return apply_overrides(STUDY_PRESETS['tiny'](), FAST)
 
 
 def test_cpu_preset_is_a_matched_compute_study():
-    cpu, p = STUDY_PRESETS['cpu'](), STUDY_PRESETS['all']()       # `all` = `cpu` + lambda_rec point, data scaling, routing
+    cpu, p = STUDY_PRESETS['cpu'](), STUDY_PRESETS['all']()       # `all` = `cpu` + lambda_rec, data and parameter scaling, routing
     assert not (cpu.extra or cpu.data_sizes or cpu.routing or cpu.widths)
     assert {j['name'] for j in study_jobs(cpu)} < {j['name'] for j in study_jobs(p)}
     assert (cpu.dit, cpu.eval.cfg_scales) == (p.dit, (1.0, cpu.dit.sample.cfg_scale))   # the DiT recipe, evaluated at its own scale
@@ -26,15 +26,18 @@ def test_cpu_preset_is_a_matched_compute_study():
     for v in SCALING_VARIANTS:
         assert len(p.budgets) >= 3 and all(f'{v}@{s}' in jobs for s in p.budgets)
     assert p.main_steps in p.budgets and max(p.budgets) / min(p.budgets) >= 9
-    cfgs = [tokenizer_config(p, j['variant'], j['steps'], 'runs/x', j.get('lambda_rec'), j.get('max_images', 0), j.get('bottleneck_ae_only', True))
+    cfgs = [tokenizer_config(p, j['variant'], j['steps'], 'runs/x', j.get('lambda_rec'), j.get('max_images', 0), j.get('bottleneck_ae_only', True),
+                             j.get('width'))
             for j in jobs.values()]
     # same encoder, batch and subsets for every variant: only the loss terms (and the sweep's lambda_rec) differ;
-    # the routing ablation changes only which features the CLIP/SSL heads read
-    assert len({json.dumps(c.model.__dict__, sort_keys=True) for c in cfgs}) == 2
+    # the routing ablation changes only which features the CLIP/SSL heads read, the width arm only the encoder's width
+    assert len({json.dumps(c.model.__dict__, sort_keys=True) for c in cfgs}) == 2 + len(p.widths)
     assert {c.model.bottleneck_ae_only for c in cfgs} == {True, False}
-    assert not p.widths                                     # parameter scaling is opt-in (--set 'widths=[64,192]')
+    assert p.widths == (64, 192) and {c.model.width for c in cfgs} == {64, 128, 192}
+    for v in SCALING_VARIANTS:
+        for w in p.widths: assert jobs[f"{v}@{p.main_steps},w{w}"]['width'] == w
     assert [j['name'] for j in jobs.values() if j.get('bottleneck_ae_only') is False] == [f"vtp@{p.main_steps},route"]
-    assert len({json.dumps({**c.model.__dict__, 'bottleneck_ae_only': True}, sort_keys=True) for c in cfgs}) == 1
+    assert len({json.dumps({**c.model.__dict__, 'bottleneck_ae_only': True, 'width': 0, 'heads': 0}, sort_keys=True) for c in cfgs}) == 1
     assert {(c.train.batch_size, c.objective.batch_ssl, c.objective.batch_rec) for c in cfgs} == {(128, 32, 64)}
     assert {c.objective.variant for c in cfgs} == set(MAIN_VARIANTS)
     # data scaling: AE and VTP at the main budget on nested subsets, spanning >= 9x up to all 5,000 images

@@ -46,7 +46,7 @@ class StudyConfig:
     budgets:tuple=(120, 400, 1200) # AE and VTP at every budget
     extra:tuple=()                 # (variant, steps, lambda_rec) sweep points (preset `all`: VTP at lambda_rec 1)
     data_sizes:tuple=()            # AE and VTP at main_steps on fixed nested subsets of this many images (preset `all`)
-    widths:tuple=()                # AE and VTP at main_steps with these encoder widths (opt-in)
+    widths:tuple=()                # AE and VTP at main_steps with these encoder widths (preset all: 64, 192)
     routing:tuple=()               # (variant, steps) runs with bottleneck_ae_only=False (preset `all`)
     stage2_steps:int=300           # stage 2 of every tokenizer: decoder fine-tuned on L1, encoder frozen
     stage2_batch:int=128
@@ -75,8 +75,9 @@ def _quick() -> StudyConfig:
                        dit=apply_overrides(dit_config('cpu'), ['train.steps=1500', 'train.progress=false']))
 
 def _all() -> StudyConfig:
-    "Every arm: the `cpu` preset plus the lambda_rec point, data scaling, the routing ablation and the GAN arm (widths stay opt-in)."
-    return StudyConfig(preset='all', extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500), routing=(('vtp', 400),), gan=('ae@400', 'vtp@400'))
+    "Every arm: the `cpu` preset plus the lambda_rec point, data and parameter scaling, the routing ablation and the GAN arm."
+    return StudyConfig(preset='all', extra=(('vtp', 400, 1.0),), data_sizes=(500, 1500), widths=(64, 192), routing=(('vtp', 400),),
+                       gan=('ae@400', 'vtp@400'))
 
 STUDY_PRESETS = {'tiny': _tiny, 'quick': _quick, 'cpu': StudyConfig, 'all': _all}   # tiny: tests; quick: the headline; cpu: the default
 MAIN_VARIANTS = ('ae', 'clip_ae', 'ssl_ae', 'vtp')   # the paper's four tokenizers
