@@ -11,7 +11,12 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install demo test outputs
 install: $(STAMP)
 
+# a new .venv needs about 6 GB (torch 2.14.1 is a CUDA build) plus pip's unpacking room: refuse early, with the numbers
+MIN_FREE_GB ?= 8
+
 $(STAMP):
+	@test -x $(VPY) || { free=$$(df -Pk . | awk 'NR == 2 {print int($$4 / 1048576)}'); if [ "$$free" -lt $(MIN_FREE_GB) ]; then \
+	  echo "make: only $$free GB free on this disk; installing .venv needs about $(MIN_FREE_GB) GB (torch 2.14.1 is a 5.5 GB CUDA build). Free some space and run make again."; exit 1; fi; }
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e ".[dev]"

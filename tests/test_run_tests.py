@@ -1,4 +1,4 @@
-"The test runner's own helpers: what `make outputs NB=...` accepts, and that stored outputs name no folder of the machine."
+"The test runner and the Makefile: what `make outputs NB=...` accepts, stored outputs name no folder of the machine, scratch folders, the install's disk check."
 import sys
 from pathlib import Path
 import nbformat, pytest
@@ -45,3 +45,11 @@ def test_kernel_run_leaves_out_the_export_call_and_puts_it_back(tmp_path, monkey
     assert err is None
     cells = nbformat.read(fn, as_version=4).cells
     assert cells[0].outputs[0]['text'] == '42\n' and cells[1].source == export
+
+
+def test_install_refuses_early_when_the_disk_is_too_full(tmp_path):
+    import shutil, subprocess
+    for f in ('Makefile', 'pyproject.toml'): shutil.copy(ROOT/f, tmp_path/f)
+    r = subprocess.run(['make', 'install', 'MIN_FREE_GB=1000000'], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and 'installing .venv needs about 1000000 GB' in r.stdout
+    assert not (tmp_path/'.venv').exists()              # refused before the venv was made
