@@ -35,8 +35,8 @@ def test_scratch_tmp_holds_the_run_and_is_removed_unless_kept(monkeypatch):
     __import__('shutil').rmtree(d)
 
 
-def test_kernel_run_leaves_out_the_export_call_and_puts_it_back(tmp_path, monkeypatch):
-    # outside an nbdev project nbdev_export() raises, so a run that executed it would fail
+def test_kernel_run_does_not_export(tmp_path, monkeypatch):
+    # outside an nbdev project nbdev_export() raises, so a kernel in which it did its work would fail
     fn = tmp_path/'t.ipynb'
     export = '#| hide\nimport nbdev; nbdev.nbdev_export()'
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('print(6 * 7)'), nbformat.v4.new_code_cell(export)]), fn)
